@@ -1,0 +1,236 @@
+"""The ``cutover`` command line. It calls the core directly (no Prefect), and imports heavy
+modules (polars, the sync engine) only inside the commands that need them, so it starts fast.
+
+Every command takes ``--json`` and then prints exactly one JSON object on stdout, errors included
+(``{"error": ..., "exit_code": ...}``). Exit codes: 0 ok, 1 failed, 2 structural error in the CSV,
+3 mass delete refused, 4 database unavailable, 5 not allowed in this phase, 6 concurrent change,
+7 table differs from its spec.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cutover.errors import CutoverError
+from cutover.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Move a CSV data store into Supabase in safe, reversible phases.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+TableOpt = Annotated[str, typer.Option("--table", "-t", help="Table name (a spec in data/specs).")]
+
+
+def _settings() -> Settings:
+    from cutover.redact import install_log_scrubber
+
+    settings = Settings()
+    install_log_scrubber(settings.secrets)
+    return settings
+
+
+def _emit(payload: dict[str, Any], as_json: bool, human: str | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload, default=str) + "\n")
+    else:
+        typer.echo(human if human is not None else json.dumps(payload, indent=2, default=str))
+
+
+@contextmanager
+def _reporting(as_json: bool, settings: Settings | None = None):
+    """Turn errors into one clear, secret-free message and the documented exit code."""
+    from cutover.redact import scrub
+
+    secrets = settings.secrets if settings else ()
+    try:
+        yield
+    except CutoverError as exc:
+        message = scrub(str(exc), secrets)
+        code = exc.exit_code
+    except Exception as exc:  # unexpected: still no secret, still one line
+        message = scrub(f"{type(exc).__name__}: {exc}", secrets)
+        code = 1
+    else:
+        return
+    if as_json:
+        sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+    typer.echo(f"cutover: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _specs(settings: Settings):
+    from cutover.spec import load_specs
+
+    return load_specs(settings.spec_dir)
+
+
+def _spec(settings: Settings, table: str):
+    specs = _specs(settings)
+    if table not in specs:
+        raise CutoverError(f"unknown table {table!r}; known: {', '.join(specs)}")
+    return specs[table], specs
+
+
+@app.command()
+def bootstrap(as_json: JsonOpt = False) -> None:
+    """Create roles, the auth helpers, the cutover schema and every table (idempotent)."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import bootstrap as boot
+        from cutover.db import connect
+
+        specs = _specs(settings)
+        with connect(settings) as db:
+            db.run(lambda conn: boot.bootstrap(conn, specs), what="bootstrap")
+            _emit({"bootstrapped": list(specs), "database": db.display}, as_json,
+                  f"bootstrapped {', '.join(specs)} on {db.display}")
+
+
+@app.command()
+def sync(
+    table: TableOpt,
+    csv: Annotated[Path | None, typer.Option(help="CSV file (default: <table>.csv in CUTOVER_DATA_DIR).")] = None,
+    allow_mass_delete: Annotated[bool, typer.Option(help="Allow deleting more than the threshold.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load the table's CSV into its mirror: insert, update and delete to match it exactly."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import sync as engine
+        from cutover.db import connect
+
+        spec, specs = _spec(settings, table)
+        plan = engine.plan_sync(
+            spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
+            batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
+            allow_mass_delete=allow_mass_delete, actor="cli")
+        if not plan.csv_path.exists():
+            raise CutoverError(f"{plan.csv_path}: no such file")
+        with connect(settings) as db, _progress(not as_json, plan.csv_path) as progress:
+            result = engine.run_sync(db, plan, workers=settings.workers, **progress)
+        r = result.as_dict()
+        keys = ("table", "read", "loaded", "rejected", "inserted", "updated", "deleted", "rejects_file",
+                "duration_s", "run_id", "phase")
+        _emit({k: r[k] for k in keys}, as_json,
+              f"{table}: read {r['read']}, loaded {r['loaded']}, rejected {r['rejected']}"
+              f" (inserted {r['inserted']}, updated {r['updated']}, deleted {r['deleted']}) in {r['duration_s']}s"
+              + (f"\nrejects: {r['rejects_file']}" if r["rejects_file"] else ""))
+
+
+@contextmanager
+def _progress(enabled: bool, path: Path):
+    """A rich progress bar over the file's bytes, on a terminal only."""
+    if not (enabled and sys.stderr.isatty()):
+        yield {}
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(f"syncing {path.name}", total=None)
+        yield {"on_scan": lambda s: bar.update(task, total=s.size),
+               "on_batch": lambda r: bar.advance(task, r.bytes)}
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Phase and last run of every table."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import bootstrap as boot, state
+        from cutover.db import connect
+
+        specs = _specs(settings)
+        with connect(settings) as db:
+            def read(conn):
+                if not boot.is_bootstrapped(conn):
+                    return {}, {}
+                return state.phases(conn), state.last_runs(conn)
+            phases, runs = db.run(read, what="status")
+        tables = {name: {"phase": (phases.get(name) or {}).get("phase"),
+                         "version": (phases.get(name) or {}).get("version", 0),
+                         "last_run": runs.get(name)} for name in specs}
+        lines = []
+        for name, t in tables.items():
+            run = t["last_run"]
+            last = (f"{run['status']} at {run['finished_at'] or run['started_at']}: read {run['rows_read']},"
+                    f" rejected {run['rows_rejected']}" + (f" — {run['error']}" if run["error"] else "")
+                    if run else "never synced")
+            lines.append(f"{name:<12} {t['phase'] or 'not migrated':<14} {last}")
+        _emit({"database": db.display, "tables": tables}, as_json, "\n".join(lines))
+
+
+@app.command()
+def health(as_json: JsonOpt = False) -> None:
+    """Round-trip latency, pool usage and server facts. Exit 4 if the database is unreachable."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover.db import connect
+        from cutover.health import check
+
+        with connect(settings) as db:
+            report = check(db)
+        _emit(report, as_json, "\n".join(f"{k}: {v}" for k, v in report.items()))
+
+
+@app.command()
+def export(
+    table: TableOpt,
+    csv: Annotated[Path, typer.Option(help="Where to write the CSV (replaced atomically).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the table as CSV, in the spec's column order, sorted by primary key."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover.db import connect
+        from cutover.export import export_table
+
+        spec, _ = _spec(settings, table)
+        with connect(settings) as db:
+            rows = export_table(db, spec, csv)
+        _emit({"table": table, "rows": rows, "csv": str(csv.resolve())}, as_json, f"{table}: {rows} rows → {csv}")
+
+
+@app.command()
+def generate(
+    table: TableOpt,
+    rows: Annotated[int, typer.Option(min=0, help="How many rows.")],
+    out: Annotated[Path, typer.Option(help="Output CSV.")],
+    seed: Annotated[int, typer.Option(help="Same seed, same file.")] = 7,
+    leads_rows: Annotated[int | None, typer.Option(help="approvals: how many leads they refer to.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a deterministic, realistic sample CSV of any size (streamed; bounded memory)."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover.samples import generate as gen
+
+        written = gen(table, rows, out, seed=seed, leads_rows=leads_rows)
+        _emit({"table": table, "rows": written, "csv": str(out.resolve())}, as_json, f"{table}: {written} rows → {out}")
+
+
+@app.command("stop-embedded")
+def stop_embedded(as_json: JsonOpt = False) -> None:
+    """Stop the embedded PostgreSQL of CUTOVER_HOME, if it runs."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import embedded
+
+        stopped = embedded.stop(settings.home)
+        _emit({"stopped": stopped}, as_json, "stopped" if stopped else "not running")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Structural reading of a table's CSV file (RFC 4180, UTF-8, ``,`` and ``"``).
+
+Two passes, both streaming with memory bounded by the batch size:
+
+1. ``scan_file`` reads the file once, block by block: it checks the header against the spec,
+   validates UTF-8, tracks quote parity to find record boundaries, cuts the file into batches of
+   about ``batch_bytes`` that start and end on a record boundary, and computes the file's sha256.
+   Anything that makes the file as a whole unreadable — no header, a missing, unknown or repeated
+   column, invalid UTF-8, a quote left open at end of file — is a ``StructuralError`` naming the
+   file, line and column.
+2. ``index_records`` takes one batch's bytes and returns, vectorised with numpy, where each record
+   starts and ends, its source line and its field count — the facts a CSV parser hides (polars
+   pads short rows and cannot say on which line a row began). A quote inside an unquoted field or
+   text after a closing quote makes the rest of the file ambiguous and is a ``StructuralError``.
+
+Records that are blank are skipped (not counted); records with the wrong number of fields are the
+caller's to reject. Everything else is handed to polars as well-formed CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cutover.errors import StructuralError
+
+QUOTE, COMMA, LF, CR = 0x22, 0x2C, 0x0A, 0x0D
+BOM = b"\xef\xbb\xbf"
+MAX_HEADER_BYTES = 1 << 20
+END_OF_FILE = 1 << 62  # end_line of the last batch
+
+
+@dataclass(frozen=True)
+class Header:
+    names: tuple[str, ...]  # as in the file, in file order
+    data_start: int  # byte offset of the first data record
+    data_line: int  # its line number (1-based; the header is line 1)
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int
+    start: int  # byte offsets [start, end) in the file, on record boundaries
+    end: int
+    first_line: int  # source line of the first record in the batch
+    end_line: int  # first line of the next batch (records of this one start before it)
+
+
+@dataclass(frozen=True)
+class FileScan:
+    path: Path
+    size: int
+    sha256: str
+    header: Header
+    batches: tuple[Batch, ...]
+
+
+def _line_and_column(data: bytes, offset: int, first_line: int) -> tuple[int, int]:
+    """1-based line and character column of ``offset`` in ``data`` (which starts at ``first_line``)."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return first_line + data.count(b"\n", 0, offset), column
+
+
+def read_header(path: Path, expected: tuple[str, ...]) -> Header:
+    with open(path, "rb") as f:
+        head = f.read(MAX_HEADER_BYTES)
+    if not head.strip():
+        raise StructuralError(path, "the file is empty: expected a header line naming the columns", line=1)
+    skip = len(BOM) if head.startswith(BOM) else 0
+    end = _first_record_end(head, skip)
+    if end is None:
+        raise StructuralError(path, f"no end of the header line within the first {MAX_HEADER_BYTES} bytes", line=1)
+    raw = head[skip:end]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, col = _line_and_column(raw, e.start, 1)
+        raise StructuralError(path, f"invalid UTF-8 byte 0x{raw[e.start]:02x} in the header (character {col})",
+                              line=line) from None
+    names = tuple(n.strip() for n in next(csv.reader(io.StringIO(text.rstrip("\r\n")), strict=True), []))
+    if not any(names):
+        raise StructuralError(path, "the header line is blank: expected the column names", line=1)
+    problems = []
+    seen: set[str] = set()
+    repeated = sorted({n for n in names if n in seen or seen.add(n)})
+    if repeated:
+        problems.append(f"repeated column(s) {', '.join(repeated)}")
+    unknown = [n for n in names if n not in expected]
+    if unknown:
+        problems.append(f"unknown column(s) {', '.join(repr(n) for n in unknown)} (the table has no such column;"
+                        " loading would drop it)")
+    missing = [n for n in expected if n not in names]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    if problems:
+        raise StructuralError(path, "header: " + "; ".join(problems), line=1)
+    return Header(names=names, data_start=end, data_line=1 + raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1))
+
+
+def _first_record_end(data: bytes, start: int) -> int | None:
+    """Offset just past the first newline outside quotes at or after ``start``."""
+    pos = start
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return len(data) if len(data) < MAX_HEADER_BYTES else None
+        if data.count(b'"', start, nl) % 2 == 0:
+            return nl + 1
+        pos = nl + 1
+
+
+def _incomplete_utf8_tail(block: bytes) -> int:
+    """How many bytes at the end of ``block`` begin a UTF-8 sequence the block does not finish."""
+    for back in range(1, min(4, len(block)) + 1):
+        byte = block[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
+
+
+def _last_record_boundary(block: bytes, parity_at_end: int) -> int | None:
+    """Index just past the last newline in ``block`` that lies outside quotes, if any."""
+    pos, parity, upto = len(block), parity_at_end, len(block)
+    while True:
+        nl = block.rfind(b"\n", 0, pos)
+        if nl < 0:
+            return None
+        parity ^= block.count(b'"', nl, upto) & 1
+        if parity == 0:
+            return nl + 1
+        pos = upto = nl
+
+
+def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileScan:
+    """Pass 1 (see module docstring)."""
+    path = Path(path)
+    size = path.stat().st_size
+    header = read_header(path, expected)
+    digest = hashlib.sha256()
+    cuts: list[tuple[int, int, int]] = []  # (start, end, first_line)
+    batch_start, batch_line = header.data_start, header.data_line
+    quotes = newlines = 0  # counts over the bytes before the current block (data part only)
+    carry = b""  # an unfinished UTF-8 sequence from the previous block
+    with open(path, "rb") as f:
+        digest.update(f.read(header.data_start))
+        offset = header.data_start
+        while block := f.read(batch_bytes):
+            digest.update(block)
+            tail = _incomplete_utf8_tail(block) if len(block) == batch_bytes else 0
+            checked = carry + block[: len(block) - tail]
+            try:
+                checked.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _raise_utf8(path, offset - len(carry) + e.start)
+            carry = block[len(block) - tail:]
+            block_quotes = block.count(b'"')
+            cut = _last_record_boundary(block, (quotes + block_quotes) & 1)
+            if cut is not None and offset + cut - batch_start >= batch_bytes // 2:
+                cuts.append((batch_start, offset + cut, batch_line))
+                batch_start = offset + cut
+                batch_line = header.data_line + newlines + block.count(b"\n", 0, cut)
+            quotes += block_quotes
+            newlines += block.count(b"\n")
+            offset += len(block)
+        if carry:
+            _raise_utf8(path, offset - len(carry))
+    if quotes & 1:
+        _raise_unterminated(path, batch_start)
+    if batch_start < size:
+        cuts.append((batch_start, size, batch_line))
+    ends = [c[2] for c in cuts[1:]] + [END_OF_FILE]
+    batches = tuple(Batch(i, start, end, line, end_line) for i, ((start, end, line), end_line) in enumerate(zip(cuts, ends)))
+    return FileScan(path=path, size=size, sha256=digest.hexdigest(), header=header, batches=batches)
+
+
+def _locate(path: Path, offset: int) -> tuple[int, int]:
+    """Line and character column of a byte offset, streaming (error paths only)."""
+    line, line_start_bytes = 1, b""
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < offset:
+            block = f.read(min(1 << 20, offset - pos))
+            if not block:
+                break
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                line += block.count(b"\n")
+                line_start_bytes = block[nl + 1:]
+            else:
+                line_start_bytes += block
+            pos += len(block)
+    return line, len(line_start_bytes.decode("utf-8", errors="replace")) + 1
+
+
+def _raise_utf8(path: Path, bad: int) -> None:
+    with open(path, "rb") as f:
+        f.seek(bad)
+        byte = f.read(1)[0]
+    line, col = _locate(path, bad)
+    raise StructuralError(path, f"invalid UTF-8 byte 0x{byte:02x} at character {col}"
+                          " (the file must be UTF-8: re-export it as UTF-8 or convert it, e.g. with iconv)", line=line)
+
+
+def _raise_unterminated(path: Path, start: int) -> None:
+    # The open quote lies after the last record boundary: find the last quote that opened a field.
+    opener, count = start, 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
+        while block := f.read(1 << 20):
+            hits = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == QUOTE)
+            openers = hits[(count + np.arange(len(hits))) % 2 == 0]
+            if len(openers):
+                opener = pos + int(openers[-1])
+            count += len(hits)
+            pos += len(block)
+    line, col = _locate(path, opener)
+    raise StructuralError(path, f"unterminated quoted field starting at character {col}: the quote is never"
+                          " closed, so it would swallow the rest of the file", line=line)
+
+
+@dataclass(frozen=True)
+class RecordIndex:
+    starts: np.ndarray  # byte offset of each record's first byte
+    ends: np.ndarray  # byte offset just past its content (before the CR/LF that ends it)
+    stops: np.ndarray  # byte offset just past its line ending
+    lines: np.ndarray  # source line on which it starts
+    fields: np.ndarray  # number of fields
+    blank: np.ndarray  # an empty line: skipped, not counted as a row
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def index_records(buf: bytes, first_line: int, path: Path) -> RecordIndex:
+    """Pass 2 (see module docstring). ``buf`` starts on a record boundary."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    n = len(a)
+    quotes = np.flatnonzero(a == QUOTE)
+    if len(quotes):
+        _check_quotes(a, quotes, buf, first_line, path)
+    newlines = np.flatnonzero(a == LF)
+    record_nl = newlines[(np.searchsorted(quotes, newlines) & 1) == 0] if len(quotes) else newlines
+    stops = record_nl + 1
+    if n and (len(stops) == 0 or stops[-1] != n):
+        stops = np.append(stops, n)  # last record without a final newline
+    starts = np.concatenate(([0], stops[:-1])).astype(np.int64)
+    ends = np.where((stops > starts) & (a[np.maximum(stops - 1, 0)] == LF), stops - 1, stops)
+    ends = np.where((ends > starts) & (a[np.maximum(ends - 1, 0)] == CR), ends - 1, ends)
+    commas = np.flatnonzero(a == COMMA)
+    if len(quotes):
+        commas = commas[(np.searchsorted(quotes, commas) & 1) == 0]
+    fields = 1 + np.bincount(np.searchsorted(stops, commas, side="right"), minlength=len(starts))[: len(starts)]
+    lines = first_line + np.searchsorted(newlines, starts)
+    return RecordIndex(starts=starts, ends=ends, stops=stops, lines=lines, fields=fields, blank=ends == starts)
+
+
+def _check_quotes(a: np.ndarray, quotes: np.ndarray, buf: bytes, first_line: int, path: Path) -> None:
+    n = len(a)
+    opening, closing = quotes[0::2], quotes[1::2]
+    before = np.where(opening > 0, a[np.maximum(opening - 1, 0)], LF)
+    # A field opens with a quote right after a separator or line start; "" inside quotes is an escape.
+    bad_open = opening[(before != COMMA) & (before != LF) & (before != QUOTE)]
+    after = np.where(closing < n - 1, a[np.minimum(closing + 1, n - 1)], LF)
+    bad_close = closing[(after != COMMA) & (after != LF) & (after != CR) & (after != QUOTE)]
+    if len(opening) > len(closing):
+        bad_close = np.append(bad_close, opening[-1])  # cannot happen after scan_file; kept as a guard
+    bad = [int(x) for x in (bad_open[:1].tolist() + bad_close[:1].tolist())]
+    if bad:
+        first = min(bad)
+        line, col = _line_and_column(buf, first, first_line)
+        what = ("a quote inside an unquoted field" if first in bad_open[:1].tolist()
+                else "text after the closing quote of a field")
+        raise StructuralError(path, f"{what} at character {col}: the file's quoting is ambiguous from here on"
+                              " (quote the whole field and double inner quotes)", line=line)

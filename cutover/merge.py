@@ -1,0 +1,135 @@
+"""SQL for applying a staged CSV to its target table. Pure builders: nothing here executes.
+
+The staging table holds the rows that passed typing, with ``_line``; rejects of the run are in
+``cutover.rejects`` with the row's key when it could be read. The statements, run in order in one
+transaction by ``cutover.sync``:
+
+1. ``reject_duplicates`` — every row whose key appears more than once in the file (among staged
+   rows or rows already rejected) is moved to the rejects: the file is ambiguous about that key;
+2. ``reject_orphans`` — rows whose foreign key matches no parent row are moved to the rejects;
+3. ``count_deletes`` / ``delete_missing`` — target rows whose key is neither staged nor rejected
+   (a rejected row keeps its old version: a typo must not delete data);
+4. ``update_changed`` — rows whose staged version differs in any column (``IS DISTINCT FROM``);
+5. ``insert_new`` — keys the target does not have.
+Steps 3–5 use plain DELETE/UPDATE/INSERT (not MERGE) so they run on PostgreSQL 15, which older
+Supabase projects still use.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from cutover.ddl import ident, target
+from cutover.spec import TableSpec
+
+
+def staging_name(table: str, run_hex: str) -> str:
+    return f"stg_{table}_{run_hex[:12]}"
+
+
+def create_staging(spec: TableSpec, staging: str) -> sql.Composed:
+    # UNLOGGED: staging is rebuilt from the CSV on any rerun, so WAL for it would be wasted I/O.
+    return sql.SQL("create unlogged table {} (like {} including defaults, _line bigint not null)").format(
+        ident("cutover", staging), target(spec))
+
+
+def drop_staging(staging: str) -> sql.Composed:
+    return sql.SQL("drop table if exists {}").format(ident("cutover", staging))
+
+
+def copy_into_staging(spec: TableSpec, staging: str) -> sql.Composed:
+    cols = sql.SQL(", ").join(ident(c) for c in (*spec.column_names, "_line"))
+    return sql.SQL("copy {} ({}) from stdin (format csv)").format(ident("cutover", staging), cols)
+
+
+COPY_REJECTS = sql.SQL("copy cutover.rejects (run_id, line, column_name, value, reason, key) from stdin (format csv)")
+
+
+def forget_batch(staging: str) -> sql.Composed:
+    """Undo a batch's earlier attempt (a retry after a lost commit acknowledgement)."""
+    return sql.SQL(
+        "delete from {} where _line >= %(first)s and _line < %(end)s; "
+        "delete from cutover.rejects where run_id = %(run)s and line >= %(first)s and line < %(end)s"
+    ).format(ident("cutover", staging))
+
+
+def reject_duplicates(spec: TableSpec, staging: str) -> sql.Composed:
+    pk, stg = ident(spec.primary_key), ident("cutover", staging)
+    return sql.SQL("""
+with keys as (
+  select {pk}::text as k, _line as line from {stg}
+  union all
+  select key, line from cutover.rejects where run_id = %(run)s and key is not null
+), dup as (
+  select k, count(*) as n, string_agg(line::text, ', ' order by line) as lines
+  from keys group by k having count(*) > 1
+), moved as (
+  delete from {stg} s using dup d where s.{pk}::text = d.k returning s.{pk}, s._line, d.n, d.lines
+)
+insert into cutover.rejects (run_id, line, column_name, value, reason, key)
+select %(run)s, _line, {pkname}, {pk}::text,
+       format('duplicate primary key: %%s rows of the file share it (lines %%s)', n, lines), {pk}::text
+from moved""").format(pk=pk, stg=stg, pkname=sql.Literal(spec.primary_key))
+
+
+def reject_orphans(spec: TableSpec, staging: str, specs: dict[str, TableSpec]) -> list[sql.Composed]:
+    stmts = []
+    stg, pk = ident("cutover", staging), ident(spec.primary_key)
+    for col in spec.foreign_keys:
+        parent = specs[col.references[0]]
+        stmts.append(sql.SQL("""
+with moved as (
+  delete from {stg} s
+  where s.{fk} is not null and not exists (select 1 from {parent} p where p.{ppk} = s.{fk})
+  returning s.{pk}, s.{fk}, s._line
+)
+insert into cutover.rejects (run_id, line, column_name, value, reason, key)
+select %(run)s, _line, {fkname}, {fk}::text, {reason}, {pk}::text from moved""").format(
+            stg=stg, fk=ident(col.name), parent=target(parent), ppk=ident(parent.primary_key), pk=pk,
+            fkname=sql.Literal(col.name),
+            reason=sql.Literal(f"no {parent.name} row has this {parent.primary_key} (foreign key)")))
+    return stmts
+
+
+def _gone(spec: TableSpec, staging: str) -> sql.Composed:
+    pk = ident(spec.primary_key)
+    return sql.SQL(
+        "not exists (select 1 from {stg} s where s.{pk} = t.{pk})"
+        " and not exists (select 1 from cutover.rejects r where r.run_id = %(run)s and r.key = t.{pk}::text)"
+    ).format(stg=ident("cutover", staging), pk=pk)
+
+
+def count_deletes(spec: TableSpec, staging: str) -> sql.Composed:
+    return sql.SQL("select count(*) filter (where {gone}), count(*) from {t} t").format(
+        gone=_gone(spec, staging), t=target(spec))
+
+
+def delete_missing(spec: TableSpec, staging: str) -> sql.Composed:
+    return sql.SQL("delete from {t} t where {gone}").format(t=target(spec), gone=_gone(spec, staging))
+
+
+def update_changed(spec: TableSpec, staging: str) -> sql.Composed:
+    pk = ident(spec.primary_key)
+    others = [ident(c) for c in spec.column_names if c != spec.primary_key]
+    cols = sql.SQL(", ").join(others)
+    return sql.SQL(
+        "update {t} t set ({cols}) = ({src}) from {stg} s where s.{pk} = t.{pk}"
+        " and ({tcols}) is distinct from ({src})"
+    ).format(t=target(spec), cols=cols, stg=ident("cutover", staging), pk=pk,
+             src=sql.SQL(", ").join(sql.SQL("s.") + c for c in others),
+             tcols=sql.SQL(", ").join(sql.SQL("t.") + c for c in others))
+
+
+def insert_new(spec: TableSpec, staging: str) -> sql.Composed:
+    pk = ident(spec.primary_key)
+    cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
+    return sql.SQL(
+        "insert into {t} ({cols}) select {cols} from {stg} s"
+        " where not exists (select 1 from {t} t where t.{pk} = s.{pk})"
+    ).format(t=target(spec), cols=cols, stg=ident("cutover", staging), pk=pk)
+
+
+def export_rejects() -> sql.SQL:
+    return sql.SQL(
+        "copy (select line, column_name as column, value, reason from cutover.rejects"
+        " where run_id = {run} order by line) to stdout (format csv, header)")

@@ -1,0 +1,126 @@
+"""Phases and run history in the ``cutover`` schema. Functions take a connection inside a
+transaction (``Database.run``/``tx``) and do only what their name says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+PHASES = ("mirror", "dual_write", "promoted", "deprecated")
+SYNCABLE = ("mirror", "dual_write")  # phases in which the CSV is the source of truth
+STALE_AFTER = "15 minutes"  # a running run with no heartbeat for this long is dead
+
+
+@dataclass(frozen=True)
+class TableState:
+    table: str
+    phase: str | None
+    version: int
+    data_version: int
+
+
+def table_lock(conn: psycopg.Connection, table: str) -> None:
+    """Serialise merges and phase transitions of one table until the transaction ends."""
+    conn.execute("select pg_advisory_xact_lock(hashtext('cutover.table'), hashtext(%s))", (table,))
+
+
+def get_state(conn: psycopg.Connection, table: str, *, for_update: bool = False) -> TableState:
+    row = conn.execute(
+        "select phase, version, data_version from cutover.table_state where table_name = %s"
+        + (" for update" if for_update else ""), (table,)).fetchone()
+    if row is None:
+        return TableState(table, None, 0, 0)
+    return TableState(table, row[0], row[1], row[2])
+
+
+def record_merge(conn: psycopg.Connection, table: str, *, data_changed: bool) -> TableState:
+    """Bump the table's versions after a merge; a first merge puts it in phase ``mirror``."""
+    row = conn.execute(
+        """insert into cutover.table_state as s (table_name, phase, version, data_version)
+           values (%(t)s, 'mirror', 1, 1)
+           on conflict (table_name) do update
+             set version = s.version + 1,
+                 data_version = s.data_version + %(d)s,
+                 updated_at = now()
+           returning phase, version, data_version""", {"t": table, "d": int(data_changed)}).fetchone()
+    return TableState(table, *row)
+
+
+def set_phase(conn: psycopg.Connection, table: str, from_phase: str | None, to_phase: str | None, *,
+              actor: str, reason: str, started_at: datetime, report_id: str | None = None,
+              run_id: UUID | None = None) -> None:
+    if to_phase is None:
+        conn.execute("delete from cutover.table_state where table_name = %s", (table,))
+    else:
+        conn.execute(
+            """insert into cutover.table_state as s (table_name, phase) values (%s, %s)
+               on conflict (table_name) do update set phase = excluded.phase, version = s.version + 1,
+                 updated_at = now()""", (table, to_phase))
+    conn.execute(
+        """insert into cutover.phase_history
+             (table_name, from_phase, to_phase, actor, reason, report_id, run_id, started_at)
+           values (%s, %s, %s, %s, %s, %s, %s, %s)""",
+        (table, from_phase, to_phase, actor, reason, report_id, run_id, started_at))
+
+
+def start_run(conn: psycopg.Connection, run_id: UUID, table: str, kind: str, base_version: int,
+              csv_path: str | None) -> None:
+    conn.execute(
+        """insert into cutover.runs (run_id, table_name, kind, status, base_version, csv_path)
+           values (%s, %s, %s, 'running', %s, %s)""", (run_id, table, kind, base_version, csv_path))
+
+
+def heartbeat(conn: psycopg.Connection, run_id: UUID) -> None:
+    conn.execute("update cutover.runs set heartbeat_at = now() where run_id = %s", (run_id,))
+
+
+def fail_run(conn: psycopg.Connection, run_id: UUID, error: str) -> None:
+    conn.execute(
+        """update cutover.runs set status = 'failed', error = %s, finished_at = now()
+           where run_id = %s and status = 'running'""", (error, run_id))
+
+
+def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None = None) -> list[UUID]:
+    """Mark dead runs of ``table`` failed and return them: those without a recent heartbeat, and,
+    when ``before`` is given, every run still running that started before it (a later merge has
+    made their data stale, so they could never succeed)."""
+    rows = conn.execute(
+        """update cutover.runs r set status = 'failed', finished_at = now(),
+             error = case when %(before)s::uuid is not null and r.started_at <= b.started_at
+                          then 'interrupted: superseded by run ' || %(before)s::text
+                          else 'interrupted: no heartbeat since ' || r.heartbeat_at::text end
+           from (select coalesce((select started_at from cutover.runs where run_id = %(before)s::uuid),
+                                 '-infinity'::timestamptz) as started_at) b
+           where r.table_name = %(table)s and r.status = 'running'
+             and r.run_id is distinct from %(before)s::uuid
+             and (r.heartbeat_at < now() - %(stale)s::interval
+                  or (%(before)s::uuid is not null and r.started_at <= b.started_at))
+           returning r.run_id""",
+        {"table": table, "before": before, "stale": STALE_AFTER}).fetchall()
+    return [r[0] for r in rows]
+
+
+def last_runs(conn: psycopg.Connection) -> dict[str, dict]:
+    rows = conn.cursor(row_factory=dict_row).execute(
+        """select distinct on (table_name) table_name, run_id, kind, status, started_at, finished_at,
+                  rows_read, rows_loaded, rows_rejected, inserted, updated, deleted, rejects_file, error
+           from cutover.runs order by table_name, started_at desc""").fetchall()
+    return {r.pop("table_name"): r for r in rows}
+
+
+def phases(conn: psycopg.Connection) -> dict[str, dict]:
+    rows = conn.cursor(row_factory=dict_row).execute(
+        "select table_name, phase, version, data_version, updated_at from cutover.table_state").fetchall()
+    return {r.pop("table_name"): r for r in rows}
+
+
+def history(conn: psycopg.Connection, table: str | None = None) -> list[dict]:
+    return conn.cursor(row_factory=dict_row).execute(
+        """select table_name, from_phase, to_phase, actor, reason, report_id, run_id, started_at, finished_at
+           from cutover.phase_history where %(t)s::text is null or table_name = %(t)s order by id""",
+        {"t": table}).fetchall()
