@@ -28,7 +28,7 @@ from typing import TypeVar
 import psycopg
 from psycopg import errors as pgerr
 from psycopg_pool import ConnectionPool, PoolTimeout
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from cutover.errors import DatabaseUnavailable
 from cutover.redact import display_dsn, scrub
@@ -124,6 +124,7 @@ class Database:
             # Supavisor transaction mode multiplexes server sessions: no prepared statements.
             "prepare_threshold": None if transaction_mode else 5,
         }
+        self._conninfo, self._kwargs = conninfo, kwargs
         self.pool = ConnectionPool(
             conninfo, min_size=1, max_size=settings.pool_max or 4, kwargs=kwargs, open=False,
             timeout=max(settings.connect_timeout_s, 30.0), name="cutover", check=ConnectionPool.check_connection,
@@ -131,16 +132,18 @@ class Database:
         self.limits: ServerLimits | None = None
 
     def open(self) -> Database:
+        """Connect once directly (retrying transient failures for up to the connect timeout), so a
+        dead server is reported with its real cause; then measure the server's limits and size the pool."""
         try:
-            self.pool.open(wait=True, timeout=self.settings.connect_timeout_s)
-            with self.pool.connection() as conn:
-                row = conn.execute(LIMITS_SQL).fetchone()
-            self.limits = ServerLimits(*row)
-        except (psycopg.Error, PoolTimeout) as exc:
-            self.pool.close()
-            raise DatabaseUnavailable(f"cannot connect to {self.display}: {self.scrub(str(exc))}") from None
-        pool_max = self.settings.pool_max or self.limits.default_pool_max
-        self.pool.resize(min_size=1, max_size=pool_max)
+            for attempt in Retrying(retry=retry_if_exception(is_transient), reraise=True,
+                                    wait=wait_random_exponential(multiplier=0.25, max=2),
+                                    stop=stop_after_delay(self.settings.connect_timeout_s)):
+                with attempt, psycopg.connect(self._conninfo, **self._kwargs) as conn:
+                    self.limits = ServerLimits(*conn.execute(LIMITS_SQL).fetchone())
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"cannot connect to {self.display}: {self.scrub(str(exc)).strip()}") from None
+        self.pool.resize(min_size=1, max_size=self.settings.pool_max or self.limits.default_pool_max)
+        self.pool.open(wait=False)
         return self
 
     def close(self) -> None:

@@ -61,6 +61,13 @@ def set_phase(conn: psycopg.Connection, table: str, from_phase: str | None, to_p
             """insert into cutover.table_state as s (table_name, phase) values (%s, %s)
                on conflict (table_name) do update set phase = excluded.phase, version = s.version + 1,
                  updated_at = now()""", (table, to_phase))
+    append_history(conn, table, from_phase, to_phase, actor=actor, reason=reason, started_at=started_at,
+                   report_id=report_id, run_id=run_id)
+
+
+def append_history(conn: psycopg.Connection, table: str, from_phase: str | None, to_phase: str | None, *,
+                   actor: str, reason: str, started_at: datetime, report_id: str | None = None,
+                   run_id: UUID | None = None) -> None:
     conn.execute(
         """insert into cutover.phase_history
              (table_name, from_phase, to_phase, actor, reason, report_id, run_id, started_at)

@@ -237,8 +237,8 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         updated = conn.execute(merge.update_changed(spec, stg)).rowcount
         inserted = conn.execute(merge.insert_new(spec, stg)).rowcount
         new_state = state.record_merge(conn, spec.name, data_changed=bool(deleted or updated or inserted))
-        if current.phase is None:
-            state.set_phase(conn, spec.name, None, "mirror", actor=plan.actor, reason="first full load",
+        if current.phase is None:  # record_merge put the table in mirror: say so in its history
+            state.append_history(conn, spec.name, None, "mirror", actor=plan.actor, reason="first full load",
                             started_at=datetime.fromtimestamp(started, timezone.utc), run_id=plan.run_id)
         rejects_file = _write_rejects(conn, plan) if rejected else None
         conn.execute(

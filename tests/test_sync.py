@@ -1,0 +1,241 @@
+"""Load semantics against a real PostgreSQL: exactness, re-sync, idempotence, guards, atomicity."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from cutover import sync as engine
+from cutover.errors import ConcurrentChange, MassDeleteRefused, PhaseError
+from cutover.export import export_table
+from tests.conftest import ROOT
+from tests.csvdata import lead, write_csv
+
+EDGE_TEXT = [
+    'quotes "inside", commas, and a trailing space ',
+    "multi\nline\r\nwith CRLF",
+    "\\.",  # COPY's end-of-data marker, alone
+    "line\n\\.\nafter the marker",
+    "ünïcødé ✓ 日本語 🏡, U+2028:\u2028end",
+    "  leading spaces",
+    "",  # empty string: not NULL
+    "tab\tseparated",
+]
+
+
+def _plan(settings, specs, table, path, **kw):
+    return engine.plan_sync(specs[table], specs, path, rejects_dir=settings.rejects_dir,
+                            batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
+                            **kw)
+
+
+def _sync(db, settings, specs, path, table="leads", **kw):
+    return engine.run_sync(db, _plan(settings, specs, table, path, **kw), workers=2)
+
+
+def test_round_trip_is_exact_for_every_column_type(db, settings, specs, tmp_path, sql):
+    rows = [lead(i, notes=text) for i, text in enumerate(EDGE_TEXT)]
+    rows += [
+        lead(100, notes=None, phone=None, budget=None, agent_id=None),  # NULLs
+        lead(101, created_at="2025-03-01 12:00:00+02:00", updated_at="2025-03-01T10:00:00.123456Z"),
+        lead(102, created_at="2025-03-01T10:00:00", updated_at="2025-03-01T10:00:00.000001-05:30"),
+        lead(103, budget="1.5"), lead(104, budget="1.50"), lead(105, budget="9999999999.99"),
+        lead(106, budget="0"), lead(107, budget="-0.01"), lead(108, budget="1.500"),
+    ]
+    src = write_csv(tmp_path / "leads.csv", rows)
+    result = _sync(db, settings, specs, src)
+    assert (result.loaded, result.rejected) == (len(rows), 0)
+
+    out = tmp_path / "export.csv"
+    assert export_table(db, specs["leads"], out) == len(rows)
+    exported = {r["id"]: r for r in csv.DictReader(io.StringIO(out.read_bytes().decode("utf-8"), newline=""))}
+    raw = {r["id"]: r for r in rows}
+    for key, original in raw.items():
+        got = exported[key]
+        for col in ("first_name", "notes", "phone", "street", "agent_id"):
+            assert got[col] == (original[col] or ""), col  # text byte-exact
+        for col in ("created_at", "updated_at"):
+            want = datetime.fromisoformat(original[col].replace("Z", "+00:00"))
+            want = want if want.tzinfo else want.replace(tzinfo=timezone.utc)  # no offset means UTC
+            assert datetime.fromisoformat(got[col]) == want, col  # same instant
+        if original["budget"] is not None:
+            assert Decimal(got["budget"]) == Decimal(original["budget"])  # same value
+
+    # NULL and '' stay distinct, in the database and in the export.
+    assert sql("select count(*) from public.leads where notes = ''") == [(1,)]
+    assert sql("select count(*) from public.leads where notes is null") == [(len(rows) - len(EDGE_TEXT),)]
+    assert '""' in out.read_text(encoding="utf-8")
+
+    # Export -> sync is a no-op: the export is in the loader's own format.
+    again = _sync(db, settings, specs, out)
+    assert (again.inserted, again.updated, again.deleted, again.rejected) == (0, 0, 0, 0)
+
+
+def test_resync_applies_inserts_updates_and_deletes_then_rerun_touches_nothing(db, settings, specs, tmp_path, sql):
+    rows = [lead(i) for i in range(40)]
+    src = write_csv(tmp_path / "leads.csv", rows)
+    first = _sync(db, settings, specs, src)
+    assert (first.inserted, first.updated, first.deleted) == (40, 0, 0)
+
+    rows[3]["status"] = "contacted"
+    rows[7]["notes"] = "now with notes"
+    del rows[10]
+    rows.append(lead(1000))
+    write_csv(src, rows)
+    second = _sync(db, settings, specs, src)
+    assert (second.inserted, second.updated, second.deleted) == (1, 2, 1)
+    assert sql("select status from public.leads where id = %s", (rows[3]["id"],)) == [("contacted",)]
+    assert sql("select count(*) from public.leads") == [(40,)]
+
+    xmin_before = sql("select sum(xmin::text::bigint) from public.leads")
+    third = _sync(db, settings, specs, src)
+    assert (third.inserted, third.updated, third.deleted) == (0, 0, 0)
+    assert sql("select sum(xmin::text::bigint) from public.leads") == xmin_before  # no row rewritten
+    versions = sql("select version, data_version from cutover.table_state where table_name = 'leads'")
+    assert versions == [(3, 2)]  # every merge bumps version; only real changes bump data_version
+
+
+def test_a_rejected_row_keeps_its_previous_version(db, settings, specs, tmp_path, sql):
+    rows = [lead(i) for i in range(20)]
+    src = write_csv(tmp_path / "leads.csv", rows)
+    _sync(db, settings, specs, src)
+    rows[5]["budget"] = "not money"
+    write_csv(src, rows)
+    result = _sync(db, settings, specs, src)
+    assert (result.rejected, result.deleted, result.updated) == (1, 0, 0)
+    assert sql("select budget from public.leads where id = %s", (rows[5]["id"],)) == [(Decimal("450000.00"),)]
+
+
+def test_mass_delete_guard_refuses_a_truncated_csv(db, settings, specs, tmp_path, sql, cli):
+    rows = [lead(i) for i in range(50)]
+    src = write_csv(tmp_path / "data" / "leads.csv", rows)
+    _sync(db, settings, specs, src)
+    write_csv(src, rows[:30])  # truncated: 40% gone
+    with pytest.raises(MassDeleteRefused, match="would delete 20 of 50 rows"):
+        _sync(db, settings, specs, src)
+    assert sql("select count(*) from public.leads") == [(50,)]
+
+    proc = cli("sync", "--table", "leads", "--json")
+    assert proc.returncode == 3 and "--allow-mass-delete" in json.loads(proc.stdout)["error"]
+    proc = cli("sync", "--table", "leads", "--json", "--allow-mass-delete")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["deleted"] == 20
+    assert sql("select count(*) from public.leads") == [(30,)]
+
+    write_csv(src, rows[:28])  # 2 of 30 = 6.7%: under the default 10% threshold
+    assert _sync(db, settings, specs, src).deleted == 2
+
+
+def test_sync_is_refused_once_the_database_is_the_source_of_truth(db, settings, specs, tmp_path, sql):
+    src = write_csv(tmp_path / "leads.csv", [lead(1)])
+    _sync(db, settings, specs, src)
+    sql("update cutover.table_state set phase = 'promoted' where table_name = 'leads'")
+    write_csv(src, [lead(2)])
+    with pytest.raises(PhaseError, match="promoted"):
+        _sync(db, settings, specs, src)
+    assert sql("select first_name from public.leads") == [("Ana1",)]
+
+
+def test_a_run_that_lost_the_race_applies_nothing(db, settings, specs, tmp_path, sql):
+    src = write_csv(tmp_path / "leads.csv", [lead(i) for i in range(5)])
+    _sync(db, settings, specs, src)
+    slow = _plan(settings, specs, "leads", src)
+    base = engine.begin(db, slow)
+    fscan = engine.scan(slow)
+    results = [engine.load_batch(db, slow, fscan.header, b) for b in fscan.batches]
+    write_csv(src, [lead(i) for i in range(6)])
+    assert _sync(db, settings, specs, src).inserted == 1  # a newer sync merges first
+    with pytest.raises(ConcurrentChange):
+        engine.merge_run(db, slow, fscan, results, base, time.monotonic())
+    assert sql("select count(*) from public.leads") == [(6,)]
+
+
+def test_sigkill_between_staging_and_merge_leaves_the_target_unchanged(db, settings, specs, tmp_path, sql, env):
+    from cutover.samples import generate
+
+    src = tmp_path / "data" / "leads.csv"
+    generate("leads", 200, src, seed=1)
+    _sync(db, settings, specs, src)
+    before = sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l")
+
+    generate("leads", 120_000, src, seed=2)  # a different file: every row would change
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "cutover"), "sync", "--table", "leads", "--json", "--allow-mass-delete"],
+        env={**os.environ, **env, "CUTOVER_BATCH_BYTES": str(256 * 1024), "CUTOVER_WORKERS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until the run has staged some batches
+            rows = sql("select run_id from cutover.runs where status = 'running'")
+            if rows:
+                staged = sql(f"select count(*) from cutover.stg_leads_{rows[0][0].hex[:12]}")[0][0]
+                if staged > 5_000:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sync never staged a batch")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l") == before
+    killed = sql("select run_id from cutover.runs where status = 'running'")
+    assert len(killed) == 1
+
+    result = _sync(db, settings, specs, src, allow_mass_delete=True)  # rerunning completes it
+    assert (result.read, result.loaded, result.rejected) == (120_000, 120_000, 0)
+    assert sql("select count(*) from public.leads") == [(120_000,)]
+    assert sql("select status, error like 'interrupted%%' from cutover.runs where run_id = %s",
+               (killed[0][0],)) == [("failed", True)]
+    assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%%'") == [(0,)]
+
+
+def test_batches_agree_with_a_single_pass(db, settings, specs, tmp_path, sql):
+    from cutover.samples import generate
+
+    src = tmp_path / "leads.csv"
+    generate("leads", 5000, src, seed=3)
+    small = engine.plan_sync(specs["leads"], specs, src, rejects_dir=settings.rejects_dir, batch_bytes=64 * 1024,
+                             mass_delete_threshold=0.1)
+    fscan = engine.scan(small)
+    assert len(fscan.batches) > 5
+    result = engine.run_sync(db, small, workers=2)
+    assert (result.read, result.loaded) == (5000, 5000)
+    digest = sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l")
+    sql("truncate public.leads cascade")
+    big = engine.plan_sync(specs["leads"], specs, src, rejects_dir=settings.rejects_dir, batch_bytes=1 << 30,
+                           mass_delete_threshold=0.1)
+    assert len(engine.scan(big).batches) == 1
+    engine.run_sync(db, big, workers=1)
+    assert sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l") == digest
+
+
+def test_cli_sync_defaults_to_the_data_dir_and_reports_json(cli, env, tmp_path):
+    write_csv(tmp_path / "data" / "leads.csv", [lead(i) for i in range(3)])
+    proc = cli("sync", "--table", "leads", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) >= {"table", "read", "loaded", "rejected", "inserted", "updated", "deleted", "rejects_file",
+                        "duration_s"}
+    assert (out["read"], out["inserted"]) == (3, 3)
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["tables"]["leads"]["phase"] == "mirror"
+    assert status["tables"]["leads"]["last_run"]["status"] == "succeeded"
+    assert status["tables"]["approvals"]["phase"] is None
+    health = json.loads(cli("health", "--json").stdout)
+    assert health["ok"] and health["pool"]["pool_max"] >= 1 and health["server_version"]
+
+
+def test_pool_max_is_measured_from_the_server(db, sql):
+    max_conn = int(sql("show max_connections")[0][0])
+    assert db.pool.max_size == int(max_conn * 0.8)  # superuser here: nothing reserved from it
+    assert db.limits.allowed == max_conn
