@@ -153,13 +153,13 @@ def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileSc
         offset = header.data_start
         while block := f.read(batch_bytes):
             digest.update(block)
-            tail = _incomplete_utf8_tail(block) if len(block) == batch_bytes else 0
-            checked = carry + block[: len(block) - tail]
+            pending = carry + block
+            tail = _incomplete_utf8_tail(pending) if len(block) == batch_bytes else 0
             try:
-                checked.decode("utf-8")
+                pending[: len(pending) - tail].decode("utf-8")
             except UnicodeDecodeError as e:
                 _raise_utf8(path, offset - len(carry) + e.start)
-            carry = block[len(block) - tail:]
+            carry = pending[len(pending) - tail:]
             block_quotes = block.count(b'"')
             cut = _last_record_boundary(block, (quotes + block_quotes) & 1)
             if cut is not None and offset + cut - batch_start >= batch_bytes // 2:
@@ -209,21 +209,53 @@ def _raise_utf8(path: Path, bad: int) -> None:
 
 
 def _raise_unterminated(path: Path, start: int) -> None:
-    # The open quote lies after the last record boundary: find the last quote that opened a field.
-    opener, count = start, 0
+    """An odd number of quotes after the last record boundary: blame a misplaced quote if there is
+    one (it is what unbalanced the count), else the last quote that opened a field."""
+    opener, count, before = start, 0, LF
     with open(path, "rb") as f:
         f.seek(start)
         pos = start
         while block := f.read(1 << 20):
-            hits = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == QUOTE)
+            after = f.read(1)
+            f.seek(-len(after), 1)
+            a = np.frombuffer(block, dtype=np.uint8)
+            hits = np.flatnonzero(a == QUOTE)
+            misplaced = _misplaced_quote(a, hits, count & 1, before, after[0] if after else LF)
+            if misplaced is not None:
+                _raise_misplaced(path, pos + misplaced[0], misplaced[1])
             openers = hits[(count + np.arange(len(hits))) % 2 == 0]
             if len(openers):
                 opener = pos + int(openers[-1])
             count += len(hits)
             pos += len(block)
+            before = int(a[-1])
     line, col = _locate(path, opener)
     raise StructuralError(path, f"unterminated quoted field starting at character {col}: the quote is never"
                           " closed, so it would swallow the rest of the file", line=line)
+
+
+def _misplaced_quote(a: np.ndarray, quotes: np.ndarray, parity: int, before: int,
+                     after: int) -> tuple[int, bool] | None:
+    """First quote in ``a`` that breaks RFC 4180 as (index, is_opening), given the parity of quotes
+    before ``a`` and the bytes just before and after it. A field opens with a quote right after a
+    separator or line start; a closing quote is followed by a separator or line end; "" escapes."""
+    n = len(a)
+    opening = quotes[parity::2]
+    closing = quotes[1 - parity::2]
+    prev = np.where(opening > 0, a[np.maximum(opening - 1, 0)], before)
+    bad_open = opening[(prev != COMMA) & (prev != LF) & (prev != QUOTE)]
+    nxt = np.where(closing < n - 1, a[np.minimum(closing + 1, n - 1)], after)
+    bad_close = closing[(nxt != COMMA) & (nxt != LF) & (nxt != CR) & (nxt != QUOTE)]
+    firsts = [(int(bad_open[0]), True)] if len(bad_open) else []
+    firsts += [(int(bad_close[0]), False)] if len(bad_close) else []
+    return min(firsts) if firsts else None
+
+
+def _raise_misplaced(path: Path, offset: int, opening: bool, line_col: tuple[int, int] | None = None) -> None:
+    line, col = line_col or _locate(path, offset)
+    what = "a quote inside an unquoted field" if opening else "text after the closing quote of a field"
+    raise StructuralError(path, f"{what} at character {col}: the file's quoting is ambiguous from here on"
+                          " (quote the whole field and double inner quotes)", line=line)
 
 
 @dataclass(frozen=True)
@@ -263,20 +295,8 @@ def index_records(buf: bytes, first_line: int, path: Path) -> RecordIndex:
 
 
 def _check_quotes(a: np.ndarray, quotes: np.ndarray, buf: bytes, first_line: int, path: Path) -> None:
-    n = len(a)
-    opening, closing = quotes[0::2], quotes[1::2]
-    before = np.where(opening > 0, a[np.maximum(opening - 1, 0)], LF)
-    # A field opens with a quote right after a separator or line start; "" inside quotes is an escape.
-    bad_open = opening[(before != COMMA) & (before != LF) & (before != QUOTE)]
-    after = np.where(closing < n - 1, a[np.minimum(closing + 1, n - 1)], LF)
-    bad_close = closing[(after != COMMA) & (after != LF) & (after != CR) & (after != QUOTE)]
-    if len(opening) > len(closing):
-        bad_close = np.append(bad_close, opening[-1])  # cannot happen after scan_file; kept as a guard
-    bad = [int(x) for x in (bad_open[:1].tolist() + bad_close[:1].tolist())]
-    if bad:
-        first = min(bad)
-        line, col = _line_and_column(buf, first, first_line)
-        what = ("a quote inside an unquoted field" if first in bad_open[:1].tolist()
-                else "text after the closing quote of a field")
-        raise StructuralError(path, f"{what} at character {col}: the file's quoting is ambiguous from here on"
-                              " (quote the whole field and double inner quotes)", line=line)
+    misplaced = _misplaced_quote(a, quotes, 0, LF, LF)
+    if misplaced is None and len(quotes) % 2:  # cannot happen after scan_file; kept as a guard
+        misplaced = (int(quotes[-1]), True)
+    if misplaced is not None:
+        _raise_misplaced(path, 0, misplaced[1], line_col=_line_and_column(buf, misplaced[0], first_line))

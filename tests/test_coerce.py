@@ -1,0 +1,81 @@
+"""Typing rules: what is accepted, its canonical form, and the reason for what is not."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from cutover.coerce import column_rule
+from cutover.spec import Column
+
+
+def _apply(column: Column, values):
+    value, reason = column_rule(column)
+    df = pl.DataFrame({column.name: values}, schema={column.name: pl.String})
+    out = df.select(value.alias("v"), reason.alias("r"))
+    return list(zip(out["v"].to_list(), out["r"].to_list()))
+
+
+TS = Column("t", "timestamptz", nullable=True)
+
+
+@pytest.mark.parametrize("raw,canonical", [
+    ("2025-03-01T10:00:00Z", "2025-03-01T10:00:00.000000+00:00"),
+    ("2025-03-01 12:00:00+02:00", "2025-03-01T10:00:00.000000+00:00"),
+    ("2025-03-01T05:30:00-0430", "2025-03-01T10:00:00.000000+00:00"),
+    ("2025-03-01T12:00:00+02", "2025-03-01T10:00:00.000000+00:00"),
+    ("2025-03-01T10:00:00.123456+00:00", "2025-03-01T10:00:00.123456+00:00"),
+    ("2025-03-01T10:00:00.5Z", "2025-03-01T10:00:00.500000+00:00"),
+    ("2025-03-01T10:00", "2025-03-01T10:00:00.000000+00:00"),
+    ("2025-03-01T10:00:00", "2025-03-01T10:00:00.000000+00:00"),  # no offset: UTC
+    ("2024-02-29 23:59:59.999999z", "2024-02-29T23:59:59.999999+00:00"),
+])
+def test_timestamps_keep_their_exact_instant(raw, canonical):
+    assert _apply(TS, [raw]) == [(canonical, None)]
+
+
+@pytest.mark.parametrize("raw,why", [
+    ("2025-13-45T99:00:00Z", "impossible"),
+    ("2025-02-29T10:00:00Z", "impossible"),
+    ("0000-01-01T00:00:00Z", "impossible"),
+    ("2025-03-01T10:00:00.1234567Z", "ISO 8601"),  # nanoseconds would be truncated
+    ("2025-03-01", "ISO 8601"),
+    ("now", "ISO 8601"),
+    ("1740823200", "ISO 8601"),
+    (" 2025-03-01T10:00:00Z", "ISO 8601"),
+])
+def test_bad_timestamps_are_rejected(raw, why):
+    [(_, reason)] = _apply(TS, [raw])
+    assert reason and why in reason
+
+
+BUDGET = Column("budget", "numeric", precision=12, scale=2)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    ("450000.00", None), ("1.5", None), ("1.500", None), ("-0.01", None), ("+3", None), (".5", None),
+    ("9999999999.99", None), ("0000000001.00", None),
+    ("100.005", "decimal places"), ("1.2345", "decimal places"),
+    ("99999999999", "too large"), ("12,5oo", "not a number"), ("1e3", "not a number"), ("", "not a number"),
+    (".", "not a number"), ("-", "not a number"), (" 1", "not a number"), ("NaN", "not a number"),
+])
+def test_numerics_are_never_rounded(raw, reason):
+    [(_, got)] = _apply(BUDGET, [raw])
+    assert (got is None) if reason is None else (reason in got)
+
+
+def test_text_rules():
+    status = Column("status", "text", nullable=False, enum=("new", "won"))
+    assert [r for _, r in _apply(status, ["new", "New", None, ""])] == [
+        None, "not one of: new, won", "required value is missing", "not one of: new, won"]
+    state = Column("state", "text", length=2)
+    assert [r is None for _, r in _apply(state, ["TX", "T", "ÑY", None])] == [True, False, True, True]
+    notes = Column("notes", "text")
+    assert _apply(notes, ["a\x00b"])[0][1].startswith("contains a NUL")
+    assert _apply(notes, ["  keep  spaces\r\n"]) == [("  keep  spaces\r\n", None)]
+
+
+def test_uuids_are_lower_cased():
+    col = Column("id", "uuid", nullable=False)
+    assert _apply(col, ["00AEABBC-54D4-5830-8A36-9308A3EE5BFA", "not-a-uuid"]) == [
+        ("00aeabbc-54d4-5830-8a36-9308a3ee5bfa", None), ("not-a-uuid", "not a UUID (expected 8-4-4-4-12 hex digits)")]
