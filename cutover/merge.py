@@ -42,6 +42,10 @@ def copy_into_staging(spec: TableSpec, staging: str) -> sql.Composed:
     return sql.SQL("copy {} ({}) from stdin (format csv)").format(ident("cutover", staging), cols)
 
 
+def count_staged(staging: str) -> sql.Composed:
+    return sql.SQL("select count(*) from {}").format(ident("cutover", staging))
+
+
 COPY_REJECTS = sql.SQL("copy cutover.rejects (run_id, line, column_name, value, reason, key) from stdin (format csv)")
 
 

@@ -129,10 +129,12 @@ def _read(path: Path, batch: csvscan.Batch) -> bytes:
         return f.read(batch.end - batch.start)
 
 
-def _truncate(value: str | None) -> str | None:
-    if value is None or len(value) <= MAX_REJECT_VALUE:
-        return value
-    return f"{value[:MAX_REJECT_VALUE]}… ({len(value)} characters)"
+def _truncated(col: str) -> pl.Expr:
+    """A rejected value as stored: a 5 MB field is reported, not copied."""
+    length = pl.col(col).str.len_chars()
+    return (pl.when(length > MAX_REJECT_VALUE)
+            .then(pl.format("{}… ({} characters)", pl.col(col).str.slice(0, MAX_REJECT_VALUE), length))
+            .otherwise(pl.col(col)).alias(col))
 
 
 def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
@@ -144,7 +146,7 @@ def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) ->
     good = counted & (idx.fields == ncols)
     ragged = [
         {"line": int(idx.lines[i]), "column": None,
-         "value": _truncate(buf[idx.starts[i]:idx.ends[i]].decode("utf-8")),
+         "value": buf[idx.starts[i]:idx.ends[i]].decode("utf-8"),
          "reason": f"expected {ncols} fields, found {int(idx.fields[i])}", "key": None}
         for i in (counted & ~good).nonzero()[0]
     ]
@@ -167,9 +169,7 @@ def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) ->
     typed, rejects = coerce(raw, plan.spec, lines)
     if ragged:
         rejects = pl.concat([rejects, pl.DataFrame(ragged, schema=rejects.schema)])
-    rejects = rejects.with_columns(pl.col("value").map_elements(_truncate, return_dtype=pl.String)) \
-        if rejects.height and rejects["value"].str.len_chars().max() > MAX_REJECT_VALUE else rejects
-    return typed, rejects, int(counted.sum())
+    return typed, rejects.with_columns(_truncated("value")), int(counted.sum())
 
 
 def _csv_bytes(df: pl.DataFrame) -> bytes:
@@ -223,7 +223,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         conn.execute(merge.reject_duplicates(spec, stg), params)
         for stmt in merge.reject_orphans(spec, stg, plan.specs):
             conn.execute(stmt, params)
-        loaded = conn.execute(f'select count(*) from cutover."{stg}"').fetchone()[0]
+        loaded = conn.execute(merge.count_staged(stg)).fetchone()[0]
         rejected = conn.execute("select count(*) from cutover.rejects where run_id = %(run)s", params).fetchone()[0]
         if read != loaded + rejected:
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
