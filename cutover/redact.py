@@ -64,13 +64,17 @@ class ScrubFilter(logging.Filter):
         return True
 
 
-def install_log_scrubber(secrets: Iterable[str], loggers: Iterable[str] = ("", "prefect", "cutover")) -> None:
-    """Attach one ScrubFilter to the named loggers and to every handler already configured."""
+def install_log_scrubber(secrets: Iterable[str], loggers: Iterable[str] = (
+        "", "prefect", "prefect.flow_runs", "prefect.task_runs", "cutover")) -> None:
+    """Attach one ScrubFilter to the named loggers and to every handler already configured on them
+    (Prefect's API log handler sits on its run loggers: records reach it without passing the parent
+    logger's filters)."""
     flt = ScrubFilter(secrets)
     if not flt.secrets:
         return
     for name in loggers:
         logger = logging.getLogger(name)
-        logger.addFilter(flt)
-        for handler in logger.handlers:
-            handler.addFilter(flt)
+        for target in (logger, *logger.handlers):
+            # idempotent: tasks call this on every run, and filters must not pile up
+            if not any(isinstance(f, ScrubFilter) and f.secrets == flt.secrets for f in target.filters):
+                target.addFilter(flt)

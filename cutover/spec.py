@@ -177,3 +177,11 @@ def load_specs(spec_dir: Path = PROJECT_SPEC_DIR) -> dict[str, TableSpec]:
     for name in sorted(specs):
         visit(name)
     return ordered
+
+
+def select_tables(specs: dict[str, TableSpec], wanted: list[str] | None) -> list[str]:
+    """The tables named in ``wanted`` (all when empty), in load order (parents first)."""
+    unknown = sorted(set(wanted or ()) - set(specs))
+    if unknown:
+        raise SpecError(f"unknown table(s): {', '.join(unknown)}; known: {', '.join(specs)}")
+    return [name for name in specs if not wanted or name in wanted]

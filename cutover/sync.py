@@ -206,7 +206,10 @@ def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvs
 
 def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: Iterable[BatchResult],
               base_version: int, started: float) -> SyncResult:
-    """Apply the staged file to the target in one transaction (see ``cutover.merge``)."""
+    """Apply the staged file to the target in one transaction (see ``cutover.merge``).
+
+    ``started`` is the run's wall-clock start (``time.time()``): the steps may run in different
+    processes, whose monotonic clocks do not agree."""
     read = sum(r.read for r in results)
     params = {"run": plan.run_id}
     spec, stg = plan.spec, plan.staging
@@ -253,7 +256,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=inserted,
                           updated=updated, deleted=deleted,
                           rejects_file=str(rejects_file) if rejects_file else None,
-                          duration_s=round(time.monotonic() - started, 3), run_id=str(plan.run_id),
+                          duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
                           phase=new_state.phase)
 
     return db.run(step, what=f"merge {spec.name}")
@@ -299,7 +302,7 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2,
              on_scan: Callable[[csvscan.FileScan], None] | None = None,
              on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult:
     """The whole sync in this process (what ``cutover sync`` runs)."""
-    started = time.monotonic()
+    started = time.time()
     base_version = begin(db, plan)
     try:
         fscan = scan(plan)

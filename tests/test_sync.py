@@ -154,7 +154,7 @@ def test_a_run_that_lost_the_race_applies_nothing(db, settings, specs, tmp_path,
     write_csv(src, [lead(i) for i in range(6)])
     assert _sync(db, settings, specs, src).inserted == 1  # a newer sync merges first
     with pytest.raises(ConcurrentChange):
-        engine.merge_run(db, slow, fscan, results, base, time.monotonic())
+        engine.merge_run(db, slow, fscan, results, base, time.time())
     assert sql("select count(*) from public.leads") == [(6,)]
 
 
