@@ -27,7 +27,7 @@ lock:
 	$(UV) pip compile pyproject.toml --extra test -p 3.11 --quiet -o requirements.lock
 
 demo: setup
-	$(PY) -m cutover.demo
+	$(PY) -m flows.demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,161 @@
+"""``make demo``: the pipeline so far, end to end, on the embedded PostgreSQL.
+
+It works in its own home (``.cutover/demo`` unless ``CUTOVER_DEMO_HOME`` says otherwise), on a copy
+of the sample CSVs, so the committed files never change and a real ``.cutover`` is never touched.
+Each run starts from scratch. The Prefect flows run against a temporary local Prefect server;
+the ``cutover`` commands run as an operator would type them.
+
+Story: bootstrap → mirror flow (both tables, phase ``mirror``) → the application edits its CSV
+store (a new lead, an edited lead, a deleted lead, a bad row) → sync flow → status, export, and RLS
+as an agent sees it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("CUTOVER_DEMO_HOME", ROOT / ".cutover" / "demo")).resolve()
+DATA = HOME / "data"
+
+
+def _environment() -> None:
+    # Before Prefect is imported: its settings are read at import.
+    os.environ.pop("SUPABASE_DB_URL", None)  # the demo always uses the embedded database
+    os.environ.update({
+        "CUTOVER_HOME": str(HOME), "CUTOVER_DATA_DIR": str(DATA),
+        "PREFECT_HOME": str(HOME / "prefect"), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+    })
+    os.environ.pop("PREFECT_API_URL", None)  # a temporary server of our own, never someone's real one
+
+
+def _cutover(*args: str) -> str:
+    out = subprocess.run([str(Path(sys.executable).parent / "cutover"), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"cutover {' '.join(args)} failed ({out.returncode}):\n{out.stderr}")
+    return out.stdout.strip()
+
+
+def _reset() -> None:
+    from cutover import embedded
+
+    embedded.stop(HOME)
+    shutil.rmtree(HOME, ignore_errors=True)
+    DATA.mkdir(parents=True)
+    for table in ("leads", "approvals"):
+        shutil.copy(ROOT / "data" / f"{table}.csv", DATA / f"{table}.csv")
+
+
+def _edit_leads_csv(console) -> None:
+    """What the RE Engine does to its store between two syncs (written atomically, as it should)."""
+    import polars as pl
+
+    from cutover.atomic import atomic_write
+
+    path = DATA / "leads.csv"
+    leads = pl.read_csv(path, infer_schema=False)
+    # delete a lead that has approvals: the mirror cascades, and the CSV's now-orphaned approvals are rejected
+    deleted = pl.read_csv(DATA / "approvals.csv", infer_schema=False)["lead_id"][0]
+    edited = leads.filter(pl.col("id") != deleted)["id"][0]
+    leads = leads.filter(pl.col("id") != deleted).with_columns(
+        pl.when(pl.col("id") == edited).then(pl.lit("won")).otherwise(pl.col("status")).alias("status"))
+    new = pl.DataFrame([{**{c: None for c in leads.columns},
+                         "id": "0b5e2f6a-9c1d-4e3b-8a7f-2d4c6e8f0a1b", "created_at": "2026-11-25T09:00:00Z",
+                         "updated_at": "2026-11-25T09:00:00Z", "first_name": "Zoë", "last_name": "Ångström",
+                         "email": "zoe@example.org", "status": "new", "notes": 'Walk-in, "call me after 6",\nno SMS.'}],
+                       schema={c: pl.String for c in leads.columns})
+    bad = new.with_columns(pl.lit("5b0cd0a8-3a4e-4c52-9f3d-0d3f1c2b4a99").alias("id"),
+                           pl.lit("100.005").alias("budget"))  # three decimals: rejected, never rounded
+    with atomic_write(path) as f:
+        pl.concat([leads, new, bad]).write_csv(f, quote_style="necessary")
+    console.print(f"  deleted lead {deleted[:8]}…, set lead {edited[:8]}… to [b]won[/], added a lead,"
+                  " and added a row with budget 100.005")
+
+
+def _counts_table(title: str, results: dict[str, dict]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("table", "read", "loaded", "rejected", "inserted", "updated", "deleted", "seconds"):
+        table.add_column(col, justify="left" if col == "table" else "right")
+    for name, r in results.items():
+        table.add_row(name, *(str(r[k]) for k in ("read", "loaded", "rejected", "inserted", "updated", "deleted")),
+                      f"{r['duration_s']:.2f}")
+    return table
+
+
+def _as_agent(console) -> None:
+    """RLS: what an authenticated agent and anon see, through the same roles Supabase uses."""
+    import json
+
+    from cutover.samples import agent_ids
+    from tasks import resources
+
+    agent = agent_ids(7)[0]
+
+    def look(conn):
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps({"sub": agent}),))
+        leads = conn.execute("select count(*) from public.leads").fetchone()[0]
+        approvals = conn.execute("select count(*) from public.approvals").fetchone()[0]
+        conn.execute("set local role anon")  # SET LOCAL: gone when this read-only transaction ends
+        anon = conn.execute("select count(*) from public.leads").fetchone()[0]
+        return leads, approvals, anon
+
+    leads, approvals, anon = resources.database().run(look, what="RLS demo")
+    console.print(f"  agent {agent[:8]}… sees {leads} leads and {approvals} approvals; anon sees {anon} leads")
+
+
+def main() -> None:
+    _environment()
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    console.rule("[b]cutover demo[/] — phase 1, the mirror, on the embedded PostgreSQL")
+    console.print(f"home: {HOME}")
+    _reset()
+
+    console.print("\n[b]1. bootstrap[/] (cutover bootstrap)")
+    console.print("  " + _cutover("bootstrap"))
+
+    # No PREFECT_API_URL: Prefect runs the flows against a temporary local server of its own.
+    console.print("\n[b]2. mirror flow[/] (Prefect starts a temporary local server…)")
+    from flows.mirror import mirror
+    from flows.sync import sync
+
+    console.print(_counts_table("mirror: first full load", mirror()))
+
+    console.print("\n[b]3. the application edits its CSV store[/]")
+    _edit_leads_csv(console)
+
+    console.print("\n[b]4. sync flow[/] (what the 15-minute schedule runs)")
+    results = sync()
+    console.print(_counts_table("sync", results))
+    for name, r in results.items():
+        if r["rejects_file"]:
+            console.print(f"  {name} rejects → {r['rejects_file']}")
+            console.print("  " + Path(r["rejects_file"]).read_text().strip().replace("\n", "\n  "))
+
+    console.print("\n[b]5. again, with nothing changed[/]")
+    console.print(_counts_table("sync (no change)", sync()))
+
+    console.print("\n[b]6. row-level security[/]")
+    _as_agent(console)
+
+    console.print("\n[b]7. status[/] (cutover status)")
+    console.print(_cutover("status"))
+    out = HOME / "export" / "leads.csv"
+    console.print("\n[b]8. export[/] (cutover export --table leads)")
+    console.print("  " + _cutover("export", "--table", "leads", "--csv", str(out)))
+    console.print(f"\n[green]done.[/] The embedded server keeps running for you to explore:\n"
+                  f"  CUTOVER_HOME={HOME} CUTOVER_DATA_DIR={DATA} .venv/bin/cutover status\n"
+                  f"  CUTOVER_HOME={HOME} .venv/bin/cutover stop-embedded")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The ``sync`` flow: bring the mirror of every table up to date with its CSV (scheduled).
+
+A table is synced only while the CSV is its source of truth (phases ``mirror`` and
+``dual_write``); a table not mirrored yet is left to the ``mirror`` flow, and one the database
+owns is never overwritten from the CSV. Parents are synced before children, so an approval is
+checked against the leads of the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, unmapped
+
+from cutover.spec import select_tables
+from cutover.state import SYNCABLE
+from tasks import resources
+from tasks.artifacts import publish_counts
+from tasks.sync import abort_sync, begin_sync, load_batch, merge_sync, plan_sync, scan_csv, table_phases
+
+
+@flow(name="sync-table", flow_run_name="sync {table}")
+def sync_table(table: str, csv: str | None = None, allow_mass_delete: bool = False) -> dict:
+    """One table: plan, begin, scan, load the batches (mapped), merge in one transaction."""
+    started = time.time()
+    plan = plan_sync(table, csv, allow_mass_delete)
+    base_version = begin_sync(plan)
+    try:
+        fscan = scan_csv(plan)
+        loads = load_batch.map(unmapped(plan), unmapped(fscan.header), fscan.batches)
+        result = merge_sync(plan, fscan, loads.result(), base_version, started)
+    except BaseException as exc:
+        abort_sync(plan, f"{type(exc).__name__}: {exc}")
+        raise
+    get_run_logger().info("%s: read %d, loaded %d, rejected %d; +%d ~%d -%d", table, result.read, result.loaded,
+                          result.rejected, result.inserted, result.updated, result.deleted)
+    return result.as_dict()
+
+
+@flow(name="sync")
+def sync(tables: list[str] | None = None, allow_mass_delete: bool = False) -> dict[str, dict]:
+    """Incremental sync of every table (or ``tables``) whose CSV is the source of truth."""
+    names = select_tables(resources.specs(), tables)
+    phases = table_phases(names)
+    results, skipped = {}, {}
+    for table in names:
+        if phases[table] in SYNCABLE:
+            results[table] = sync_table(table, allow_mass_delete=allow_mass_delete)
+        else:
+            skipped[table] = ("not mirrored yet: run the mirror flow first" if phases[table] is None
+                              else f"phase {phases[table]}: the database is the source of truth")
+            get_run_logger().info("%s skipped: %s", table, skipped[table])
+    publish_counts("sync-counts", results, skipped)
+    return results

@@ -1,0 +1,198 @@
+"""The Prefect flows against a real Prefect API and a real PostgreSQL: mirror, sync, skips,
+failures, artifacts, and the deployments of prefect.yaml."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.csvdata import lead, write_csv
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pools():
+    yield
+    from tasks.resources import close_databases
+
+    close_databases()  # each test has its own database: do not keep pools to dropped ones
+
+
+@pytest.fixture
+def samples_dir(env):
+    data = Path(env["CUTOVER_DATA_DIR"])
+    for table in ("leads", "approvals"):
+        shutil.copy(ROOT / "data" / f"{table}.csv", data / f"{table}.csv")
+    return data
+
+
+def _artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0] if found else None
+
+
+def test_mirror_flow_loads_every_table_and_records_the_phase(samples_dir, sql):
+    from flows.mirror import mirror
+
+    results = mirror()
+    assert list(results) == ["leads", "approvals"]  # parents first
+    assert (results["leads"]["read"], results["leads"]["inserted"], results["leads"]["rejected"]) == (3000, 3000, 0)
+    assert (results["approvals"]["read"], results["approvals"]["inserted"]) == (2000, 2000)
+    assert sql("select table_name, phase from cutover.table_state order by 1") == [("approvals", "mirror"),
+                                                                                  ("leads", "mirror")]
+    history = sql("select table_name, from_phase, to_phase, started_at from cutover.phase_history order by id")
+    assert [h[:3] for h in history] == [("leads", None, "mirror"), ("approvals", None, "mirror")]
+    now = datetime.now(timezone.utc)
+    assert all(now - timedelta(minutes=5) < h[3] <= now for h in history)
+    assert sql("select count(*) from public.leads") == [(3000,)]
+
+    artifact = _artifact("mirror-counts")
+    assert artifact is not None and artifact.type == "table"
+    assert "2 table(s) synced" in artifact.description
+    assert '"inserted": 3000' in str(artifact.data) or "'inserted': 3000" in str(artifact.data)
+
+    again = mirror()  # idempotent: nothing to do the second time
+    assert all((r["inserted"], r["updated"], r["deleted"]) == (0, 0, 0) for r in again.values())
+
+
+def test_sync_flow_applies_inserts_updates_deletes_then_nothing(samples_dir, sql):
+    from flows.mirror import mirror
+    from flows.sync import sync
+
+    mirror()
+    leads_csv = samples_dir / "leads.csv"
+    lines = leads_csv.read_bytes().decode().split("\n")
+    # the app edits its store: one lead gone (and with it, by cascade, its approvals), one appended
+    write_csv(samples_dir / "extra.csv", [lead(1)])
+    new_row = (samples_dir / "extra.csv").read_text().splitlines()[1]
+    gone = lines[1].split(",")[0]
+    edited = [line for line in lines if not line.startswith(gone)] + []
+    edited.insert(-1, new_row)
+    leads_csv.write_text("\n".join(edited))
+    sql("update public.leads set city = 'Tampered' where id = (select id from public.leads where id::text <> %s "
+        "order by id limit 1)", (gone,))  # a drifted mirror row is put back
+
+    results = sync()
+    assert (results["leads"]["inserted"], results["leads"]["updated"], results["leads"]["deleted"]) == (1, 1, 1)
+    orphans = results["approvals"]["rejected"]
+    assert results["approvals"]["read"] == 2000 == results["approvals"]["loaded"] + orphans
+    assert sql("select count(*) from public.leads where city = 'Tampered'") == [(0,)]
+    artifact = _artifact("sync-counts")
+    assert artifact is not None and "2 table(s) synced" in artifact.description
+
+    again = sync()
+    assert all((r["inserted"], r["updated"], r["deleted"]) == (0, 0, 0) for r in again.values())
+
+
+def test_sync_flow_skips_tables_the_csv_does_not_own(samples_dir, sql):
+    from flows.mirror import mirror
+    from flows.sync import sync
+
+    assert sync() == {}  # nothing mirrored yet: nothing synced
+    assert "not mirrored yet" in str(_artifact("sync-counts").data)
+
+    mirror(tables=["leads"])
+    sql("update cutover.table_state set phase = 'promoted' where table_name = 'leads'")
+    (samples_dir / "leads.csv").write_text((samples_dir / "leads.csv").read_text().split("\n", 1)[0] + "\n")
+    assert sync() == {}  # an emptied CSV must not touch a table the database owns
+    assert sql("select count(*) from public.leads") == [(3000,)]
+    assert "phase promoted" in str(_artifact("sync-counts").data)
+
+
+def test_a_failing_sync_applies_nothing_and_records_the_failure(samples_dir, sql):
+    from flows.mirror import mirror
+    from flows.sync import sync_table
+
+    mirror()
+    before = sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l")
+    text = (samples_dir / "leads.csv").read_text()
+    (samples_dir / "leads.csv").write_text(text + 'cc7ab9e6-0b6f-44c9-9547-e5115fe15fd9,"unterminated\n')
+    from cutover.errors import StructuralError
+
+    with pytest.raises(StructuralError, match=r"leads\.csv:3\d{3}: unterminated quoted field"):
+        sync_table("leads")
+    assert sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l") == before
+    assert sql("select status from cutover.runs order by started_at desc limit 1") == [("failed",)]
+    assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%%'") == [(0,)]
+
+
+def test_batches_are_mapped_tasks_and_give_the_same_table(samples_dir, sql, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.sync import sync_table
+    from tasks.sync import plan_sync, scan_csv
+
+    monkeypatch.setenv("CUTOVER_BATCH_BYTES", str(64 * 1024))  # ~13 batches of the 800 kB sample
+    state = sync_table("leads", return_state=True)
+    result = state.result()
+    assert (result["read"], result["loaded"]) == (3000, 3000)
+    batches = len(scan_csv.fn(plan_sync.fn("leads")).batches)
+    assert batches > 10
+    flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    deadline = time.monotonic() + 30
+    while True:  # task run states reach the API as events, a moment after the flow returns
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=flow_runs)
+        done = sorted(r.name for r in runs if r.name.startswith("load leads batch") and r.state.is_completed())
+        if len(done) == batches or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert done == sorted(f"load leads batch {i}" for i in range(batches))
+    mapped = sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l")
+
+    from cutover.export import export_table
+    from tasks import resources
+
+    db = resources.database()
+    out = samples_dir / "export.csv"
+    export_table(db, resources.specs()["leads"], out)
+    sql("truncate public.leads cascade")
+    monkeypatch.setenv("CUTOVER_BATCH_BYTES", str(1 << 30))  # one batch
+    assert sync_table("leads", csv=str(out))["inserted"] == 3000
+    assert sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l") == mapped
+
+
+def test_task_logic_runs_without_an_engine(samples_dir, settings):
+    from tasks.sync import plan_sync, scan_csv
+
+    plan = plan_sync.fn("leads")
+    assert plan.csv_path == samples_dir.resolve() / "leads.csv"
+    assert plan.rejects_file.parent == settings.rejects_dir
+    fscan = scan_csv.fn(plan)
+    assert fscan.header.names == tuple(c.name for c in plan.spec.columns)
+
+
+def test_prefect_yaml_deploys_scheduled_sync_and_manual_mirror(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    pool = subprocess.run([str(Path(sys.executable).parent / "prefect"), "work-pool", "create", "cutover-process",
+                           "--type", "process", "--overwrite"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert pool.returncode == 0, pool.stderr
+    deploy = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    with get_client(sync_client=True) as client:
+        sync = client.read_deployment_by_name("sync/sync")
+        mirror = client.read_deployment_by_name("mirror/mirror")
+    assert [s.schedule.interval.total_seconds() for s in sync.schedules] == [900]
+    assert mirror.schedules == []
+    assert sync.work_pool_name == mirror.work_pool_name == "cutover-process"
+    assert sync.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
