@@ -42,6 +42,11 @@ def copy_into_staging(spec: TableSpec, staging: str) -> sql.Composed:
     return sql.SQL("copy {} ({}) from stdin (format csv)").format(ident("cutover", staging), cols)
 
 
+def analyze_staging(staging: str) -> sql.Composed:
+    """Fresh statistics, so the merge's joins are planned for the staged row count (not an empty table)."""
+    return sql.SQL("analyze {}").format(ident("cutover", staging))
+
+
 def count_staged(staging: str) -> sql.Composed:
     return sql.SQL("select count(*) from {}").format(ident("cutover", staging))
 
@@ -104,7 +109,9 @@ def _gone(spec: TableSpec, staging: str) -> sql.Composed:
 
 
 def count_deletes(spec: TableSpec, staging: str) -> sql.Composed:
-    return sql.SQL("select count(*) filter (where {gone}), count(*) from {t} t").format(
+    # NOT EXISTS in a WHERE clause is planned as a hash anti-join; inside an aggregate's FILTER it
+    # would be a correlated subplan, a scan of staging per target row (quadratic).
+    return sql.SQL("select (select count(*) from {t} t where {gone}), (select count(*) from {t})").format(
         gone=_gone(spec, staging), t=target(spec))
 
 

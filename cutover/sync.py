@@ -223,6 +223,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
                 " finished first); nothing was applied — rerun the sync")
         if current.phase is not None and current.phase not in state.SYNCABLE:
             raise PhaseError(f"{spec.name} moved to phase {current.phase} during the sync; nothing was applied")
+        conn.execute(merge.analyze_staging(stg))
         conn.execute(merge.reject_duplicates(spec, stg), params)
         for stmt in merge.reject_orphans(spec, stg, plan.specs):
             conn.execute(stmt, params)

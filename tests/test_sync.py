@@ -12,6 +12,7 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import psycopg
 import pytest
 
 from cutover import sync as engine
@@ -239,3 +240,19 @@ def test_pool_max_is_measured_from_the_server(db, sql):
     max_conn = int(sql("show max_connections")[0][0])
     assert db.pool.max_size == int(max_conn * 0.8)  # superuser here: nothing reserved from it
     assert db.limits.allowed == max_conn
+
+
+def test_counting_deletes_is_planned_as_anti_joins_not_a_per_row_subplan(db, settings, specs, tmp_path, db_url):
+    # A correlated subplan here made a 1M-row re-sync quadratic (it hung); the plan shape is the guard.
+    from psycopg import sql as q
+
+    from cutover import merge
+
+    _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", [lead(i) for i in range(50)]))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(merge.create_staging(specs["leads"], "stg_leads_plancheck"))
+        conn.execute(merge.analyze_staging("stg_leads_plancheck"))
+        query = q.SQL("explain ") + merge.count_deletes(specs["leads"], "stg_leads_plancheck")
+        plan = "\n".join(r[0] for r in conn.execute(query, {"run": "00000000-0000-0000-0000-000000000000"}))
+    assert "SubPlan" not in plan, plan
+    assert plan.count("Anti Join") == 2, plan
