@@ -149,7 +149,8 @@ def test_batches_are_mapped_tasks_and_give_the_same_table(samples_dir, sql, monk
     while True:  # task run states reach the API as events, a moment after the flow returns
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=flow_runs)
-        done = sorted(r.name for r in runs if r.name.startswith("load leads batch") and r.state.is_completed())
+        done = sorted(r.name for r in runs if r.name.startswith("load leads batch")
+                      and r.state is not None and r.state.is_completed())
         if len(done) == batches or time.monotonic() > deadline:
             break
         time.sleep(0.5)
