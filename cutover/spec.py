@@ -52,12 +52,31 @@ class Rls:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A business rule on one column, checked by validation (not by the loader: the mirror must
+    hold what the CSV holds, even a bad e-mail address). Exactly one of the conditions is set:
+
+    - ``pattern``: a POSIX regular expression every non-NULL value matches;
+    - ``min``: every non-NULL value is at least this;
+    - ``not_before``: another column this one is never earlier than (both set);
+    - ``set_iff``: (column, values): this column is non-NULL exactly when that column is in values.
+    """
+
+    column: str
+    pattern: str | None = None
+    min: float | None = None
+    not_before: str | None = None
+    set_iff: tuple[str, tuple[str, ...]] | None = None
+
+
+@dataclass(frozen=True)
 class TableSpec:
     name: str
     primary_key: str
     columns: tuple[Column, ...]
     rls: Rls
     description: str = ""
+    rules: tuple[Rule, ...] = ()
     source: Path | None = field(default=None, compare=False)
 
     @cached_property
@@ -119,6 +138,35 @@ def _column(raw: dict, table: str) -> Column:
     )
 
 
+def _rule(raw: dict, table: str, names: list[str]) -> Rule:
+    where = f"{table}.rules[{raw.get('column', '?')}]"
+    unknown = set(raw) - {"column", "pattern", "min", "not_before", "set_iff"}
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}")
+    if raw.get("column") not in names:
+        raise SpecError(f"{where}: 'column' must name a column")
+    conditions = [k for k in ("pattern", "min", "not_before", "set_iff") if k in raw]
+    if len(conditions) != 1:
+        raise SpecError(f"{where}: exactly one of pattern, min, not_before, set_iff")
+    set_iff = raw.get("set_iff")
+    if set_iff is not None:
+        if not (isinstance(set_iff, dict) and set_iff.get("column") in names and set_iff.get("in")
+                and all(isinstance(v, str) for v in set_iff["in"])):
+            raise SpecError(f"{where}: set_iff is {{column: <a column>, in: [values]}}")
+        set_iff = (set_iff["column"], tuple(set_iff["in"]))
+    if "not_before" in raw and raw["not_before"] not in names:
+        raise SpecError(f"{where}: not_before must name a column")
+    if "min" in raw and not isinstance(raw["min"], (int, float)):
+        raise SpecError(f"{where}: min must be a number")
+    if "pattern" in raw:
+        try:
+            re.compile(raw["pattern"])
+        except (re.error, TypeError) as exc:
+            raise SpecError(f"{where}: invalid pattern: {exc}") from None
+    return Rule(column=raw["column"], pattern=raw.get("pattern"), min=raw.get("min"),
+                not_before=raw.get("not_before"), set_iff=set_iff)
+
+
 def parse_spec(raw: dict, source: Path | None = None) -> TableSpec:
     name = raw.get("table", "")
     if not _IDENT.match(name):
@@ -142,8 +190,9 @@ def parse_spec(raw: dict, source: Path | None = None) -> TableSpec:
         raise SpecError(f"{name}: rls.via_parent must be a column with 'references'")
     # The key is never NULL, whatever the YAML says.
     columns = tuple(Column(**{**c.__dict__, "nullable": False}) if c.name == pk else c for c in columns)
+    rules = tuple(_rule(r, name, names) for r in raw.get("rules") or ())
     return TableSpec(name=name, primary_key=pk, columns=columns, rls=rls,
-                     description=raw.get("description", ""), source=source)
+                     description=raw.get("description", ""), rules=rules, source=source)
 
 
 def load_spec(path: Path) -> TableSpec:
