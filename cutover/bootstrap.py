@@ -15,7 +15,7 @@ from cutover.errors import SchemaDrift
 from cutover.spec import TableSpec
 
 BOOTSTRAP_LOCK = 0x6375746F  # 'cuto'
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 ROLES_SQL = """
 do $$
@@ -117,6 +117,18 @@ create table if not exists cutover.rejects (
   key         text  -- the row's primary key when it could be read: its old version is kept, not deleted
 );
 create index if not exists rejects_run_line_idx on cutover.rejects (run_id, line);
+create table if not exists cutover.validation_reports (
+  report_id    text primary key,
+  table_name   text not null,
+  phase        text,
+  version      bigint not null,  -- the table_state versions the report checked
+  data_version bigint not null,
+  csv_sha256   text,             -- the CSV it compared with, when there was one
+  passed       boolean not null,
+  created_at   timestamptz not null default now(),
+  report       jsonb not null
+);
+create index if not exists validation_reports_table_idx on cutover.validation_reports (table_name, created_at desc);
 revoke all on all tables in schema cutover from public, anon, authenticated;
 revoke all on all sequences in schema cutover from public, anon, authenticated;
 """

@@ -4,7 +4,7 @@ modules (polars, the sync engine) only inside the commands that need them, so it
 Every command takes ``--json`` and then prints exactly one JSON object on stdout, errors included
 (``{"error": ..., "exit_code": ...}``). Exit codes: 0 ok, 1 failed, 2 structural error in the CSV,
 3 mass delete refused, 4 database unavailable, 5 not allowed in this phase, 6 concurrent change,
-7 table differs from its spec.
+7 table differs from its spec, 8 refused by the validation gate.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def status(as_json: JsonOpt = False) -> None:
         lines = []
         for name, t in tables.items():
             run = t["last_run"]
-            last = (f"{run['status']} at {run['finished_at'] or run['started_at']}: read {run['rows_read']},"
+            last = (f"{run['kind']} {run['status']} at {run['finished_at'] or run['started_at']}: read {run['rows_read']},"
                     f" rejected {run['rows_rejected']}" + (f" — {run['error']}" if run["error"] else "")
                     if run else "never synced")
             lines.append(f"{name:<12} {t['phase'] or 'not migrated':<14} {last}")
@@ -196,6 +196,60 @@ def export(
         with connect(settings) as db:
             rows = export_table(db, spec, csv)
         _emit({"table": table, "rows": rows, "csv": str(csv.resolve())}, as_json, f"{table}: {rows} rows → {csv}")
+
+
+@app.command()
+def validate(
+    table: TableOpt,
+    csv: Annotated[Path | None, typer.Option(help="CSV to compare with (default: <table>.csv in CUTOVER_DATA_DIR).")] = None,
+    subject: Annotated[str | None, typer.Option(help="Agent id the RLS probe acts as (default: the largest owner).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Suites on CSV and table, exact parity and security checks; one report. Exit 0 passed, 1 not."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import validate as validation
+        from cutover.db import connect
+
+        spec, specs = _spec(settings, table)
+        plan = validation.plan_validation(
+            spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
+            batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
+            reports_dir=settings.reports_dir, subject=subject, actor="cli")
+        with connect(settings) as db:
+            rep = validation.validate_table(db, plan, workers=settings.workers)
+        summary = rep.summary()
+        _emit(summary, as_json, "\n".join(
+            [f"{table}: {'PASSED' if rep.passed else 'FAILED'} (report {rep.report_id})"]
+            + [f"  - {f}" for f in rep.failures()] + [f"report: {rep.html_report}"]))
+    if not rep.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def suites(
+    write: Annotated[bool, typer.Option("--write", help="Regenerate the suite files from the specs.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check (or --write) that expectations/<table>.json hold every expectation the specs imply."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import suites as gx_suites
+        from cutover.atomic import atomic_write
+
+        specs = _specs(settings)
+        stale = gx_suites.stale_suites(specs, settings.expectations_dir)
+        if write:
+            for name in stale:
+                path = gx_suites.suite_path(settings.expectations_dir, name)
+                existing = gx_suites.load_suite(settings.expectations_dir, name) if path.exists() else None
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(path) as f:
+                    f.write(gx_suites.render(gx_suites.merge_suite(gx_suites.suite_for(specs[name]), existing)).encode())
+        _emit({"stale": [] if write else stale, "written": stale if write else []}, as_json,
+              ("wrote " if write else "stale: ") + (", ".join(stale) or "none"))
+    if stale and not write:
+        raise typer.Exit(1)
 
 
 @app.command()

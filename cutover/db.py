@@ -155,6 +155,11 @@ class Database:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def conninfo(self) -> str:
+        """The connection string, secret included: only for handing to another client (GX)."""
+        return self._conninfo
+
     def scrub(self, text: str) -> str:
         return scrub(text, self.settings.secrets)
 

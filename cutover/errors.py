@@ -53,3 +53,9 @@ class SchemaDrift(CutoverError):
     """The database table does not match its spec."""
 
     exit_code = 7
+
+
+class GateRefused(CutoverError):
+    """A phase transition without a passing validation report of the table's current data."""
+
+    exit_code = 8

@@ -34,7 +34,15 @@ def create_staging(spec: TableSpec, staging: str) -> sql.Composed:
 
 
 def drop_staging(staging: str) -> sql.Composed:
-    return sql.SQL("drop table if exists {}").format(ident("cutover", staging))
+    # cascade: validation puts a view of the data columns on it
+    return sql.SQL("drop table if exists {} cascade").format(ident("cutover", staging))
+
+
+def staging_view(spec: TableSpec, staging: str) -> tuple[str, sql.Composed]:
+    """A view of the staging table with exactly the target's columns (what validation checks)."""
+    name = f"{staging}_data"
+    return name, sql.SQL("create view {} as select {} from {}").format(
+        ident("cutover", name), sql.SQL(", ").join(ident(c) for c in spec.column_names), ident("cutover", staging))
 
 
 def copy_into_staging(spec: TableSpec, staging: str) -> sql.Composed:

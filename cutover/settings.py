@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     home: Path = Path(".cutover")  # embedded database, rejects files, reports
     data_dir: Path = Path("data")  # the CSV store: <table>.csv
     spec_dir: Path = PROJECT_SPEC_DIR
+    expectations_dir: Path = PROJECT_SPEC_DIR.parent.parent / "expectations"  # GX suites, one JSON per table
 
     # session: direct connection or Supavisor session mode (port 5432).
     # transaction: Supavisor transaction mode (port 6543): no prepared statements, no session state.
@@ -44,7 +45,7 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
     retry_attempts: int = Field(default=5, ge=1)
 
-    @field_validator("home", "data_dir", "spec_dir")
+    @field_validator("home", "data_dir", "spec_dir", "expectations_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
@@ -68,6 +69,10 @@ class Settings(BaseSettings):
     @property
     def rejects_dir(self) -> Path:
         return self.home / "rejects"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
 
     @property
     def embedded(self) -> bool:

@@ -92,13 +92,22 @@ def fail_run(conn: psycopg.Connection, run_id: UUID, error: str) -> None:
            where run_id = %s and status = 'running'""", (error, run_id))
 
 
+def finish_run(conn: psycopg.Connection, run_id: UUID, **counts: int | str | None) -> None:
+    """Mark a run succeeded with its counts (columns of ``cutover.runs``)."""
+    from psycopg import sql
+
+    sets = sql.SQL("").join(sql.SQL(", {} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in counts)
+    conn.execute(sql.SQL("update cutover.runs set status = 'succeeded', finished_at = now(){} where run_id = %(run)s"
+                         " and status = 'running'").format(sets), {**counts, "run": run_id})
+
+
 def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None = None) -> list[UUID]:
     """Mark dead runs of ``table`` failed and return them: those without a recent heartbeat, and,
-    when ``before`` is given, every run still running that started before it (a later merge has
+    when ``before`` is given, every sync still running that started before it (a later merge has
     made their data stale, so they could never succeed)."""
     rows = conn.execute(
         """update cutover.runs r set status = 'failed', finished_at = now(),
-             error = case when %(before)s::uuid is not null and r.started_at <= b.started_at
+             error = case when %(before)s::uuid is not null and r.kind = 'sync' and r.started_at <= b.started_at
                           then 'interrupted: superseded by run ' || %(before)s::text
                           else 'interrupted: no heartbeat since ' || r.heartbeat_at::text end
            from (select coalesce((select started_at from cutover.runs where run_id = %(before)s::uuid),
@@ -106,7 +115,7 @@ def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None
            where r.table_name = %(table)s and r.status = 'running'
              and r.run_id is distinct from %(before)s::uuid
              and (r.heartbeat_at < now() - %(stale)s::interval
-                  or (%(before)s::uuid is not null and r.started_at <= b.started_at))
+                  or (%(before)s::uuid is not null and r.kind = 'sync' and r.started_at <= b.started_at))
            returning r.run_id""",
         {"table": table, "before": before, "stale": STALE_AFTER}).fetchall()
     return [r[0] for r in rows]

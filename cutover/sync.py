@@ -97,22 +97,23 @@ class SyncResult:
         return asdict(self)
 
 
-def begin(db: Database, plan: SyncPlan) -> int:
+def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
     """Check the phase, bootstrap if needed, record the run and create its staging table.
-    Returns the table's version, which ``merge`` requires to be unchanged."""
+    Returns the table's version, which ``merge`` requires to be unchanged. A ``validate`` run
+    stages the CSV in any phase (it is compared, never merged)."""
 
     def step(conn: psycopg.Connection) -> int:
         if not bootstrap.schema_is_ready(conn, plan.specs):
             bootstrap.bootstrap(conn, plan.specs)
         bootstrap.check_drift(conn, plan.spec)
         current = state.get_state(conn, plan.spec.name)
-        if current.phase is not None and current.phase not in state.SYNCABLE:
+        if kind == "sync" and current.phase is not None and current.phase not in state.SYNCABLE:
             raise PhaseError(
                 f"{plan.spec.name} is in phase {current.phase}: the database is the source of truth now,"
                 " so the CSV is not synced into it")
         for dead in state.fail_stale_runs(conn, plan.spec.name):
             conn.execute(merge.drop_staging(merge.staging_name(plan.spec.name, dead.hex)))
-        state.start_run(conn, plan.run_id, plan.spec.name, "sync", current.version, str(plan.csv_path))
+        state.start_run(conn, plan.run_id, plan.spec.name, kind, current.version, str(plan.csv_path))
         conn.execute(merge.create_staging(plan.spec, plan.staging))
         return current.version
 

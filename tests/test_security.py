@@ -119,6 +119,7 @@ def test_no_password_from_the_dsn_appears_in_any_output(cli, env, tmp_path, pg_s
         cli("sync", "--table", "leads", "--json", extra_env=extra),
         cli("status", "--json", extra_env=extra),
         cli("health", "--json", extra_env=extra),
+        cli("validate", "--table", "leads", "--json", extra_env=extra),  # fails: the rejected row; a report
         cli("sync", "--table", "leads", "--csv", str(CORPUS / "leads_latin1.csv"), extra_env=extra),  # fails
         cli("sync", "--table", "nope", extra_env=extra),  # fails
         # an unreachable server: the connection error must not echo the DSN
@@ -128,7 +129,8 @@ def test_no_password_from_the_dsn_appears_in_any_output(cli, env, tmp_path, pg_s
         cli("sync", "--table", "leads", extra_env={
             "SUPABASE_DB_URL": f"postgresql://postgres:{password}@/x?host=/nonexistent", "CUTOVER_CONNECT_TIMEOUT_S": "1"}),
     ]
-    assert outputs[0].returncode == 0 and outputs[-2].returncode == 4
+    assert outputs[0].returncode == 0 and outputs[-2].returncode == 4 and outputs[4].returncode == 1
+    assert list((tmp_path / "home" / "reports").glob("*.html"))
     for proc in outputs:
         assert password not in proc.stdout + proc.stderr
     files = [p for p in (tmp_path / "home").rglob("*") if p.is_file() and p.stat().st_size < 10_000_000]

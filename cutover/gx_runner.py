@@ -1,0 +1,133 @@
+"""Run an expectation suite on a PostgreSQL relation with Great Expectations 1.x.
+
+GX works through a SQL data source, so every expectation is pushed down to SQL: nothing is loaded
+into memory, whatever the table's size. The connection string reaches GX only as the environment
+substitution ``${CUTOVER_GX_DB_URL}`` (set in this process, never written to a file), so GX's
+config, logs and errors show the placeholder, not the password. GX is imported on first use: it
+costs seconds, and commands that do not validate must not pay for it.
+
+One ephemeral GX context per process, with progress bars off; a run is safe from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from psycopg.conninfo import conninfo_to_dict
+
+URL_ENV = "CUTOVER_GX_DB_URL"
+MAX_EXAMPLES = 5
+_lock = threading.Lock()
+_context = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One expectation's outcome, in a form reports and artifacts can show."""
+
+    expectation: str
+    rule: str
+    column: str | None
+    success: bool
+    unexpected_count: int | None = None
+    element_count: int | None = None
+    observed: str | None = None
+    examples: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sqlalchemy_url(conninfo: str) -> str:
+    """A ``postgresql+psycopg://`` URL for any libpq conninfo. GX refuses socket-only URLs, so a
+    socket directory travels as the ``host`` query parameter behind a nominal ``localhost``."""
+    from sqlalchemy.engine import URL
+
+    params = conninfo_to_dict(conninfo)
+    host = params.pop("host", None) or "localhost"
+    query = {}
+    if host.startswith("/"):
+        query["host"], host = host, "localhost"
+    for key in ("sslmode", "sslrootcert", "options", "application_name", "connect_timeout"):
+        if key in params:
+            query[key] = str(params.pop(key))
+    port = params.pop("port", None)
+    return URL.create("postgresql+psycopg", username=params.pop("user", None), password=params.pop("password", None),
+                      host=host, port=int(port) if port else None, database=params.pop("dbname", None),
+                      query=query).render_as_string(hide_password=False)
+
+
+def _gx_context():
+    global _context
+    if _context is None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        for name in list(logging.root.manager.loggerDict):  # GX sets some of its loggers to INFO on import
+            if name.startswith("great_expectations"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        _context = gx.get_context(mode="ephemeral")
+        _context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return _context
+
+
+def _result(raw: dict) -> CheckResult:
+    config = raw["expectation_config"]
+    kwargs, meta = config.get("kwargs", {}), config.get("meta") or {}
+    result = raw.get("result") or {}
+    exc = raw.get("exception_info") or {}
+    if "raised_exception" not in exc:  # a metric failed: GX keys its exception by metric id
+        exc = next((v for v in exc.values() if isinstance(v, dict)), {})
+        exc.setdefault("raised_exception", bool(exc))
+    error = exc.get("exception_message") if exc.get("raised_exception") else None
+    observed = result.get("observed_value")
+    examples = result.get("partial_unexpected_list") or []
+    return CheckResult(
+        expectation=config["type"],
+        rule=meta.get("rule") or config.get("description") or config["type"],
+        column=kwargs.get("column") or kwargs.get("column_A"),
+        success=bool(raw.get("success")),
+        unexpected_count=result.get("unexpected_count", observed if config["type"] == "unexpected_rows_expectation"
+                                    else None),
+        element_count=result.get("element_count"),
+        observed=None if observed is None else str(observed)[:300],
+        examples=[str(e)[:200] for e in examples[:MAX_EXAMPLES]],
+        error=error[:500] if error else None,
+    )
+
+
+def run_suite(conninfo: str, suite: dict, schema: str, table: str) -> list[CheckResult]:
+    """Validate the table or view ``schema.table`` against ``suite`` (GX's JSON form); one result
+    per expectation."""
+    from great_expectations import ValidationDefinition
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    with _lock:
+        os.environ[URL_ENV] = sqlalchemy_url(conninfo)
+        ctx = _gx_context()
+        name = f"cutover-{uuid.uuid4().hex[:12]}"
+        source = ctx.data_sources.add_postgres(name, connection_string="${" + URL_ENV + "}")
+        try:
+            batch = source.add_table_asset(table, table_name=table, schema_name=schema) \
+                .add_batch_definition_whole_table("all")
+            # Expectation ids are assigned by GX; the file's own are not needed to run.
+            expectations = [{k: v for k, v in e.items() if k != "id"} for e in suite["expectations"]]
+            gx_suite = ctx.suites.add(ExpectationSuite(name=name, expectations=expectations, meta=suite.get("meta")))
+            definition = ctx.validation_definitions.add(ValidationDefinition(name=name, data=batch, suite=gx_suite))
+            outcome = definition.run(result_format={"result_format": "SUMMARY",
+                                                    "partial_unexpected_count": MAX_EXAMPLES})
+            return [_result(r) for r in outcome.to_json_dict()["results"]]
+        finally:
+            for remove in (lambda: ctx.validation_definitions.delete(name), lambda: ctx.suites.delete(name),
+                           lambda: ctx.data_sources.delete(name)):
+                try:
+                    remove()
+                except Exception:  # cleanup of an in-memory context: nothing to recover
+                    pass

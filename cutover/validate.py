@@ -1,0 +1,153 @@
+"""Validating one table: suites on both sides, exact parity, security — one report.
+
+Steps, each a function so that flows can run them as tasks and the CLI in-process:
+
+1. ``snapshot``: the table's phase and versions now; the report is about this data version, and
+   the gate accepts it only while the version is unchanged;
+2. ``stage_source``: the CSV goes through the loader (same typing and rejects as a sync) into an
+   unlogged staging table — never into memory — recorded as a ``validate`` run;
+3. ``expectations`` on the staged source and on the target, pushed down to SQL by GX;
+4. ``compare``: exact parity of staging vs target (``cutover.parity``);
+5. ``security``: RLS, policies and role probes (``cutover.security_checks``);
+6. ``finish``: build the report, store it, write its files, drop the staging table.
+``abort`` records a failed run and drops staging. Without a CSV (e.g. deprecated, archived) the
+source side and parity are skipped and the report cannot pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cutover import csvscan, gx_runner, merge, parity, report, security_checks, state, suites, sync
+from cutover.db import Database
+from cutover.spec import TableSpec
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """What a validation will do; built with no I/O."""
+
+    spec: TableSpec
+    specs: dict[str, TableSpec]
+    report_id: str
+    staging: sync.SyncPlan | None  # None: no CSV to compare with
+    suites_dir: Path
+    reports_dir: Path
+    subject: str | None  # the agent the RLS probe acts as (default: the largest owner)
+    started: float
+
+
+def plan_validation(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path | None, *, rejects_dir: Path,
+                    batch_bytes: int, suites_dir: Path, reports_dir: Path, subject: str | None = None,
+                    actor: str = "cutover") -> ValidationPlan:
+    staging = None
+    if csv_path is not None and Path(csv_path).exists():
+        staging = sync.plan_sync(spec, specs, csv_path, rejects_dir=rejects_dir, batch_bytes=batch_bytes,
+                                 mass_delete_threshold=1.0, actor=actor)
+    return ValidationPlan(spec=spec, specs=specs, report_id=report.new_report_id(spec.name), staging=staging,
+                          suites_dir=Path(suites_dir), reports_dir=Path(reports_dir), subject=subject,
+                          started=time.time())
+
+
+def snapshot(db: Database, plan: ValidationPlan) -> state.TableState:
+    return db.run(lambda conn: state.get_state(conn, plan.spec.name), what=f"read state of {plan.spec.name}")
+
+
+def stage_source(db: Database, plan: ValidationPlan, map_batches: sync.MapBatches) -> csvscan.FileScan:
+    """Load the CSV into the run's staging table, exactly as a sync would (batches in parallel)."""
+    stg = plan.staging
+    sync.begin(db, stg, kind="validate")
+    fscan = sync.scan(stg)
+    results = list(map_batches(lambda b: sync.load_batch(db, stg, fscan.header, b), list(fscan.batches)))
+    finish_staging(db, plan, fscan, results)
+    return fscan
+
+
+def finish_staging(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
+                   results: list[sync.BatchResult]) -> None:
+    """Statistics for the comparison's joins, the data-only view GX checks, the run's counts."""
+    stg = plan.staging
+    read = sum(r.read for r in results)
+
+    def analyze(conn):
+        conn.execute(merge.analyze_staging(stg.staging))
+        conn.execute(merge.staging_view(plan.spec, stg.staging)[1])
+        loaded = conn.execute(merge.count_staged(stg.staging)).fetchone()[0]
+        state.finish_run(conn, stg.run_id, rows_read=read, rows_loaded=loaded, rows_rejected=read - loaded,
+                         csv_sha256=fscan.sha256, csv_bytes=fscan.size)
+
+    db.run(analyze, what=f"stage {plan.spec.name} for validation")
+
+
+def expectations(db: Database, plan: ValidationPlan, side: str) -> list[dict]:
+    suite = suites.load_suite(plan.suites_dir, plan.spec.name)
+    if side == "source":  # the staging table, without its _line column
+        view = merge.staging_view(plan.spec, plan.staging.staging)[0]
+        results = gx_runner.run_suite(db.conninfo, suite, "cutover", view)
+    else:
+        results = gx_runner.run_suite(db.conninfo, suite, "public", plan.spec.name)
+    return [r.as_dict() for r in results]
+
+
+def compare(db: Database, plan: ValidationPlan) -> dict:
+    return db.run(lambda conn: parity.compare(conn, plan.spec, plan.staging.staging, plan.staging.run_id).as_dict(),
+                  what=f"parity of {plan.spec.name}")
+
+
+def security(db: Database, plan: ValidationPlan) -> dict:
+    sub, checks = db.run(lambda conn: security_checks.check_all(conn, plan.specs, [plan.spec.name], plan.subject),
+                         what=f"security checks of {plan.spec.name}")
+    return {"subject": sub, "checks": [c.as_dict() for c in checks]}
+
+
+def finish(db: Database, plan: ValidationPlan, before: state.TableState, fscan: csvscan.FileScan | None,
+           source: list[dict] | None, target: list[dict], parity_result: dict | None, security_result: dict
+           ) -> report.Report:
+    notes = []
+    if plan.staging is None:
+        notes.append("no CSV: the source suite and parity were not run")
+    rep = report.Report(
+        report_id=plan.report_id, table=plan.spec.name, phase=before.phase, version=before.version,
+        data_version=before.data_version,
+        started_at=datetime.fromtimestamp(plan.started, timezone.utc).isoformat(timespec="seconds"),
+        duration_s=0.0, csv_path=str(plan.staging.csv_path) if plan.staging else None,
+        csv_sha256=fscan.sha256 if fscan else None, expectations={"source": source, "target": target},
+        parity=parity_result, security=security_result, notes=notes)
+
+    def store(conn):
+        now = state.get_state(conn, plan.spec.name)
+        if now.version != before.version:  # a sync or transition landed meanwhile: say so, gate will refuse
+            rep.notes.append(f"the table changed during validation (version {before.version} → {now.version});"
+                             " this report describes the earlier version")
+        if plan.staging is not None:
+            conn.execute(merge.drop_staging(plan.staging.staging))
+        rep.duration_s = round(time.time() - plan.started, 3)
+        report.write_files(rep, plan.reports_dir)
+        report.store(conn, rep)
+        return rep
+
+    return db.run(store, what=f"store validation report of {plan.spec.name}")
+
+
+def abort(db: Database, plan: ValidationPlan, error: BaseException) -> None:
+    if plan.staging is not None:
+        sync.abort(db, plan.staging, error)
+
+
+def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> report.Report:
+    """The whole validation in this process (what ``cutover validate`` runs)."""
+    before = snapshot(db, plan)
+    try:
+        fscan = source = parity_result = None
+        if plan.staging is not None:
+            fscan = stage_source(db, plan, sync.thread_map(workers))
+            source = expectations(db, plan, "source")
+            parity_result = compare(db, plan)
+        target = expectations(db, plan, "target")
+        return finish(db, plan, before, fscan, source, target, parity_result, security(db, plan))
+    except BaseException as exc:
+        abort(db, plan, exc)
+        raise
