@@ -6,8 +6,9 @@ Each run starts from scratch. The Prefect flows run against a temporary local Pr
 the ``cutover`` commands run as an operator would type them.
 
 Story: bootstrap → mirror flow (both tables, phase ``mirror``) → the application edits its CSV
-store (a new lead, an edited lead, a deleted lead, a bad row) → sync flow → status, export, and RLS
-as an agent sees it.
+store (a new lead, an edited lead, a deleted lead, a bad row) → sync flow → RLS as an agent sees
+it → validate flow (fails: the CSV holds rows the mirror cannot) → the application fixes its
+data → sync → validate passes → status, export.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _environment() -> None:
         "CUTOVER_HOME": str(HOME), "CUTOVER_DATA_DIR": str(DATA),
         "PREFECT_HOME": str(HOME / "prefect"), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # a cold first start takes a while
     })
     os.environ.pop("PREFECT_API_URL", None)  # a temporary server of our own, never someone's real one
 
@@ -75,6 +77,38 @@ def _edit_leads_csv(console) -> None:
         pl.concat([leads, new, bad]).write_csv(f, quote_style="necessary")
     console.print(f"  deleted lead {deleted[:8]}…, set lead {edited[:8]}… to [b]won[/], added a lead,"
                   " and added a row with budget 100.005")
+
+
+def _fix_csv_store(console) -> None:
+    """The operator's fix: drop the bad row and the approvals of the deleted lead."""
+    import polars as pl
+
+    from cutover.atomic import atomic_write
+
+    leads = pl.read_csv(DATA / "leads.csv", infer_schema=False)
+    approvals = pl.read_csv(DATA / "approvals.csv", infer_schema=False)
+    kept = leads.filter(pl.col("budget").is_null() | ~pl.col("budget").str.contains(r"\.\d{3}$"))
+    orphans = approvals.filter(~pl.col("lead_id").is_in(kept["id"].implode()))
+    for path, frame in ((DATA / "leads.csv", kept), (DATA / "approvals.csv", approvals.join(orphans, on="id", how="anti"))):
+        with atomic_write(path) as f:
+            frame.write_csv(f, quote_style="necessary")
+    console.print(f"  removed {leads.height - kept.height} bad lead row and {orphans.height} orphaned approvals")
+
+
+def _verdicts(summaries: dict[str, dict], console) -> None:
+    for name, s in summaries.items():
+        mark = "[green]PASSED[/]" if s["passed"] else "[red]FAILED[/]"
+        console.print(f"  {name}: {mark}  report {s['html_report']}")
+        for failure in s["failures"]:
+            console.print(f"    - {failure}")
+
+
+def _validate_all(console) -> dict[str, dict]:
+    from flows.validate import validate_table
+
+    summaries = {t: validate_table(t) for t in ("leads", "approvals")}
+    _verdicts(summaries, console)
+    return summaries
 
 
 def _counts_table(title: str, results: dict[str, dict]):
@@ -147,10 +181,20 @@ def main() -> None:
     console.print("\n[b]6. row-level security[/]")
     _as_agent(console)
 
-    console.print("\n[b]7. status[/] (cutover status)")
+    console.print("\n[b]7. validate flow[/] (suites on CSV and table, exact parity, security; the daily schedule)")
+    _validate_all(console)
+    console.print("  → the gate would refuse any phase change: the CSV holds rows the mirror cannot hold")
+
+    console.print("\n[b]8. the application fixes its data, the next sync applies it, validation passes[/]")
+    _fix_csv_store(console)
+    console.print(_counts_table("sync", sync()))
+    if not all(s["passed"] for s in _validate_all(console).values()):
+        raise SystemExit("demo: validation should pass once the data is fixed")
+
+    console.print("\n[b]9. status[/] (cutover status)")
     console.print(_cutover("status"))
     out = HOME / "export" / "leads.csv"
-    console.print("\n[b]8. export[/] (cutover export --table leads)")
+    console.print("\n[b]10. export[/] (cutover export --table leads)")
     console.print("  " + _cutover("export", "--table", "leads", "--csv", str(out)))
     console.print(f"\n[green]done.[/] The embedded server keeps running for you to explore:\n"
                   f"  CUTOVER_HOME={HOME} CUTOVER_DATA_DIR={DATA} .venv/bin/cutover status\n"

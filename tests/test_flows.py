@@ -193,7 +193,32 @@ def test_prefect_yaml_deploys_scheduled_sync_and_manual_mirror(tmp_path):
     with get_client(sync_client=True) as client:
         sync = client.read_deployment_by_name("sync/sync")
         mirror = client.read_deployment_by_name("mirror/mirror")
+        validate = client.read_deployment_by_name("validate/validate")
     assert [s.schedule.interval.total_seconds() for s in sync.schedules] == [900]
+    assert [s.schedule.cron for s in validate.schedules] == ["0 3 * * *"]
     assert mirror.schedules == []
     assert sync.work_pool_name == mirror.work_pool_name == "cutover-process"
     assert sync.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
+
+
+def test_validate_flow_reports_each_table_and_publishes_artifacts(samples_dir, sql):
+    from flows.mirror import mirror
+    from flows.validate import ValidationFailed, validate
+
+    mirror()
+    summaries = validate()
+    assert list(summaries) == ["leads", "approvals"]
+    assert all(s["passed"] for s in summaries.values()), summaries
+    assert sql("select table_name, passed from cutover.validation_reports order by created_at") == [
+        ("leads", True), ("approvals", True)]
+    summary = _artifact("validation-leads")
+    assert summary.type == "markdown" and "PASSED" in summary.data and summaries["leads"]["report_id"] in summary.data
+    assert _artifact("validation-leads-failures").type == "table"
+
+    key = sql("select id::text from public.leads order by id limit 1")[0][0]
+    sql("update public.leads set email = 'not-an-email' where id = %s", (key,))
+    with pytest.raises(ValidationFailed, match=r"leads: .*email matches.*changed"):
+        validate(["leads"])
+    assert "FAILED" in _artifact("validation-leads").data
+    failures = _artifact("validation-leads-failures").data
+    assert "parity" in str(failures) and "email" in str(failures)
