@@ -15,7 +15,7 @@ from cutover.errors import SchemaDrift
 from cutover.spec import TableSpec
 
 BOOTSTRAP_LOCK = 0x6375746F  # 'cuto'
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 ROLES_SQL = """
 do $$
@@ -129,6 +129,68 @@ create table if not exists cutover.validation_reports (
   report       jsonb not null
 );
 create index if not exists validation_reports_table_idx on cutover.validation_reports (table_name, created_at desc);
+alter table cutover.phase_history add column if not exists outcome text not null default 'done';
+alter table cutover.runs add column if not exists merged_version bigint;  -- the data_version a sync left
+create table if not exists cutover.change_log (
+  id          bigserial primary key,
+  table_name  text not null,
+  key         text not null,
+  op          text not null check (op in ('insert', 'update', 'delete')),
+  row         jsonb,           -- the new row (the old one for a delete)
+  txid        bigint not null default txid_current(),
+  actor       text,            -- the JWT sub of the writer, when there is one
+  changed_at  timestamptz not null default now()
+);
+create index if not exists change_log_table_id_idx on cutover.change_log (table_name, id);
+create table if not exists cutover.backup_state (
+  table_name  text primary key,
+  change_id   bigint not null,  -- every change up to this id is in the CSV backup
+  rows        bigint,
+  updated_at  timestamptz not null default now()
+);
+-- A write by the application names the phase it believes the table is in; if a transition has
+-- moved the table meanwhile, the write fails (SQLSTATE CUTPH) and the application retries on the
+-- right path: a write can never land in a store that is no longer written.
+create or replace function cutover.capture_change() returns trigger
+language plpgsql security definer set search_path = '' as $fn$
+declare
+  expected text := nullif(current_setting('cutover.expected_phase', true), '');
+  actual text;
+  changed jsonb := case when tg_op = 'DELETE' then to_jsonb(old) else to_jsonb(new) end;
+begin
+  if expected is not null then
+    select phase into actual from cutover.table_state where table_name = tg_table_name;
+    if actual is distinct from expected then
+      raise exception 'cutover: % is in phase %, not %: retry the write', tg_table_name, actual, expected
+        using errcode = 'CUTPH';
+    end if;
+  end if;
+  insert into cutover.change_log (table_name, key, op, row, actor)
+  values (tg_table_name, changed ->> tg_argv[0], lower(tg_op), changed,
+          nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub');
+  return null;
+end
+$fn$;
+create or replace function cutover.bump_data_version() returns trigger
+language plpgsql security definer set search_path = '' as $fn$
+begin
+  update cutover.table_state set data_version = data_version + 1, updated_at = now()
+  where table_name = tg_table_name;
+  return null;
+end
+$fn$;
+revoke all on function cutover.capture_change() from public;
+revoke all on function cutover.bump_data_version() from public;
+-- What the application may ask about the migration: a table's phase, and nothing else.
+create schema if not exists cutover_app;
+revoke all on schema cutover_app from public;
+grant usage on schema cutover_app to authenticated;
+create or replace function cutover_app.phase(t text) returns text
+language sql stable security definer set search_path = '' as $fn$
+  select phase from cutover.table_state where table_name = t
+$fn$;
+revoke all on function cutover_app.phase(text) from public;
+grant execute on function cutover_app.phase(text) to authenticated;
 revoke all on all tables in schema cutover from public, anon, authenticated;
 revoke all on all sequences in schema cutover from public, anon, authenticated;
 """

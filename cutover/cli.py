@@ -252,6 +252,86 @@ def suites(
         raise typer.Exit(1)
 
 
+def _transition_output(result, as_json: bool) -> None:
+    r = result.as_dict()
+    human = (f"{r['table']}: {r['from_phase'] or '(none)'} → {r['to_phase'] or '(none)'} ({r['outcome']})"
+             + (f", allowed by report {r['report_id']}" if r["report_id"] else "")
+             + (f", approved by {r['approver']}" if r["approver"] else "")
+             + (f"\nparity afterwards: {'exact' if r['parity_passed'] else 'FAILED'} (report {r['parity_report_id']})"
+                if r["parity_report_id"] else "")
+             + (f"\narchive: {r['archive']}" if r["archive"] else ""))
+    _emit(r, as_json, human)
+
+
+@app.command()
+def plan(
+    table: TableOpt,
+    to: Annotated[str, typer.Option("--to", help="Target phase: the next one (advance) or the previous one (rollback).")],
+    drop: Annotated[bool, typer.Option(help="mirror → none: also drop the mirror table.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the steps a transition would take, without doing anything."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import operate, phases
+        from cutover.db import connect
+
+        _spec(settings, table)
+        with connect(settings) as db:
+            current = operate.current_state(db, table)
+        target_phase = None if to in ("none", "") else to
+        if target_phase == phases.FORWARD.get(current.phase, "?"):
+            planned = phases.plan_advance(current)
+        elif current.phase is not None and target_phase == phases.BACK.get(current.phase, "?"):
+            planned = phases.plan_rollback(current, drop=drop)
+        else:
+            raise phases.PlanError(f"{table} is in phase {current.phase or '(none)'}: it can go to "
+                                   f"{phases.FORWARD.get(current.phase) or '—'} or back to "
+                                   f"{(phases.BACK.get(current.phase) or '(none)') if current.phase else '—'}")
+        _emit(planned.as_dict(), as_json, "\n".join(planned.lines()))
+
+
+@app.command()
+def advance(
+    table: TableOpt,
+    to: Annotated[str | None, typer.Option("--to", help="Expected next phase: refuse if the table is elsewhere.")] = None,
+    approve_as: Annotated[str | None, typer.Option(help="Approver's name (required to promote).")] = None,
+    reason: Annotated[str, typer.Option(help="Why: recorded in the phase history.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the table one phase forward: final sync, validation, gate, then the transition."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import operate
+        from cutover.db import connect
+
+        _, specs = _spec(settings, table)
+        with connect(settings) as db:
+            result = operate.advance(settings, db, specs, table, approve_as=approve_as, reason=reason, to=to)
+        _transition_output(result, as_json)
+
+
+@app.command()
+def rollback(
+    table: TableOpt,
+    drop: Annotated[bool, typer.Option(help="mirror → none: also drop the mirror table.")] = False,
+    reason: Annotated[str, typer.Option(help="Why: recorded in the phase history.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the table one phase back without losing a write; exact parity is checked afterwards."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import operate
+        from cutover.db import connect
+
+        _, specs = _spec(settings, table)
+        with connect(settings) as db:
+            result = operate.rollback(settings, db, specs, table, drop=drop, reason=reason)
+        _transition_output(result, as_json)
+    if result.parity_passed is False:
+        raise typer.Exit(1)
+
+
 @app.command()
 def generate(
     table: TableOpt,

@@ -88,3 +88,59 @@ def security(spec: TableSpec, specs: dict[str, TableSpec]) -> list[sql.Composed]
         # ... except TRUNCATE/REFERENCES/TRIGGER, which row-level security does not govern.
         sql.SQL("revoke truncate, references, trigger on {} from anon, authenticated").format(t),
     ]
+
+
+# --- from dual_write on: the application writes the table (as authenticated), and every write is logged
+
+WRITE_COMMANDS = ("insert", "update", "delete")
+
+
+def write_policy_name(spec: TableSpec, command: str) -> str:
+    return f"{spec.name}_{command}_own"
+
+
+def write_policies(spec: TableSpec, specs: dict[str, TableSpec]) -> list[sql.Composed]:
+    """An agent may insert, update and delete its own rows (the read rule, as USING and WITH CHECK)."""
+    t, own = target(spec), rls_predicate(spec, specs)
+    stmts = drop_write_policies(spec)
+    for command in WRITE_COMMANDS:
+        using = sql.SQL(" using ({})").format(own) if command != "insert" else sql.SQL("")
+        check = sql.SQL(" with check ({})").format(own) if command != "delete" else sql.SQL("")
+        stmts.append(sql.SQL("create policy {} on {} as permissive for {} to authenticated{}{}").format(
+            ident(write_policy_name(spec, command)), t, sql.SQL(command), using, check))
+    return stmts
+
+
+def drop_write_policies(spec: TableSpec) -> list[sql.Composed]:
+    return [sql.SQL("drop policy if exists {} on {}").format(ident(write_policy_name(spec, c)), target(spec))
+            for c in WRITE_COMMANDS]
+
+
+def change_capture(spec: TableSpec) -> list[sql.Composed]:
+    """Row triggers logging every write into cutover.change_log, and a statement trigger that bumps
+    the table's data_version (so a validation report goes stale on any write)."""
+    t = target(spec)
+    return drop_change_capture(spec) + [
+        sql.SQL("create trigger cutover_capture after insert or update or delete on {} for each row"
+                " execute function cutover.capture_change({})").format(t, sql.Literal(spec.primary_key)),
+        sql.SQL("create trigger cutover_data_version after insert or update or delete on {} for each statement"
+                " execute function cutover.bump_data_version()").format(t),
+    ]
+
+
+def drop_change_capture(spec: TableSpec) -> list[sql.Composed]:
+    t = target(spec)
+    return [sql.SQL("drop trigger if exists cutover_capture on {}").format(t),
+            sql.SQL("drop trigger if exists cutover_data_version on {}").format(t)]
+
+
+def upsert_row(spec: TableSpec) -> sql.Composed:
+    """Insert one row given as text (cast by PostgreSQL), or update it where it differs."""
+    others = [ident(c) for c in spec.column_names if c != spec.primary_key]
+    return sql.SQL("insert into {t} ({cols}) values ({values}) on conflict ({pk}) do update set ({others}) = ({ex})"
+                   " where ({tothers}) is distinct from ({ex})").format(
+        t=target(spec), cols=sql.SQL(", ").join(ident(c) for c in spec.column_names),
+        values=sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(c.sql_type)) for c in spec.columns),
+        pk=ident(spec.primary_key), others=sql.SQL(", ").join(others),
+        ex=sql.SQL(", ").join(sql.SQL("excluded.") + c for c in others),
+        tothers=sql.SQL(", ").join(sql.SQL("{}.{}").format(target(spec), c) for c in others))

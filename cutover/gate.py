@@ -34,9 +34,10 @@ def reasons_to_refuse(current: state.TableState, latest: report.Report | None, c
     reasons = []
     if latest.phase != current.phase:
         reasons.append(f"report {latest.report_id} was taken in phase {latest.phase}, the table is in {current.phase}")
-    if latest.version != current.version:
-        reasons.append(f"report {latest.report_id} checked version {latest.version}; the table is at version"
-                       f" {current.version} (synced, written or moved since): validate again")
+    if (latest.version, latest.data_version) != (current.version, current.data_version):
+        reasons.append(f"report {latest.report_id} checked version {latest.version}.{latest.data_version}; the table"
+                       f" is at {current.version}.{current.data_version} (synced, written or moved since):"
+                       " validate again")
     if latest.csv_sha256 is not None and csv_sha256 is not None and latest.csv_sha256 != csv_sha256:
         reasons.append(f"the CSV changed since report {latest.report_id}: validate again")
     if not latest.passed:

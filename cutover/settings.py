@@ -22,6 +22,9 @@ class Settings(BaseSettings):
 
     # Supabase Postgres DSN (direct connection, or the session/transaction pooler). Unset: embedded PG.
     db_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_DB_URL"))
+    # The application's connection (a role that can only SET ROLE authenticated, e.g. Supabase's
+    # authenticator). Unset: the migration connection, which is fine for the embedded database.
+    app_db_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices("CUTOVER_APP_DB_URL"))
     supabase_url: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_URL"))
     supabase_anon_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_ANON_KEY"))
     supabase_service_role_key: SecretStr | None = Field(
@@ -56,8 +59,9 @@ class Settings(BaseSettings):
         from cutover.redact import dsn_secrets
 
         found: list[str] = []
-        if self.db_url is not None:
-            found += dsn_secrets(self.db_url.get_secret_value())
+        for dsn in (self.db_url, self.app_db_url):
+            if dsn is not None:
+                found += dsn_secrets(dsn.get_secret_value())
         for key in (self.supabase_anon_key, self.supabase_service_role_key):
             if key is not None and key.get_secret_value():
                 found.append(key.get_secret_value())

@@ -53,7 +53,7 @@ def record_merge(conn: psycopg.Connection, table: str, *, data_changed: bool) ->
 
 def set_phase(conn: psycopg.Connection, table: str, from_phase: str | None, to_phase: str | None, *,
               actor: str, reason: str, started_at: datetime, report_id: str | None = None,
-              run_id: UUID | None = None) -> None:
+              run_id: UUID | None = None) -> TableState:
     if to_phase is None:
         conn.execute("delete from cutover.table_state where table_name = %s", (table,))
     else:
@@ -63,16 +63,18 @@ def set_phase(conn: psycopg.Connection, table: str, from_phase: str | None, to_p
                  updated_at = now()""", (table, to_phase))
     append_history(conn, table, from_phase, to_phase, actor=actor, reason=reason, started_at=started_at,
                    report_id=report_id, run_id=run_id)
+    return get_state(conn, table)
 
 
 def append_history(conn: psycopg.Connection, table: str, from_phase: str | None, to_phase: str | None, *,
                    actor: str, reason: str, started_at: datetime, report_id: str | None = None,
-                   run_id: UUID | None = None) -> None:
+                   run_id: UUID | None = None, outcome: str = "done") -> None:
+    """``outcome``: done, or rejected / timed_out for a promotion that was not approved (phase unchanged)."""
     conn.execute(
         """insert into cutover.phase_history
-             (table_name, from_phase, to_phase, actor, reason, report_id, run_id, started_at)
-           values (%s, %s, %s, %s, %s, %s, %s, %s)""",
-        (table, from_phase, to_phase, actor, reason, report_id, run_id, started_at))
+             (table_name, from_phase, to_phase, actor, reason, report_id, run_id, started_at, outcome)
+           values (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (table, from_phase, to_phase, actor, reason, report_id, run_id, started_at, outcome))
 
 
 def start_run(conn: psycopg.Connection, run_id: UUID, table: str, kind: str, base_version: int,
@@ -137,6 +139,7 @@ def phases(conn: psycopg.Connection) -> dict[str, dict]:
 
 def history(conn: psycopg.Connection, table: str | None = None) -> list[dict]:
     return conn.cursor(row_factory=dict_row).execute(
-        """select table_name, from_phase, to_phase, actor, reason, report_id, run_id, started_at, finished_at
+        """select table_name, from_phase, to_phase, outcome, actor, reason, report_id, run_id, started_at,
+                  finished_at
            from cutover.phase_history where %(t)s::text is null or table_name = %(t)s order by id""",
         {"t": table}).fetchall()

@@ -249,9 +249,9 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         conn.execute(
             """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
                  rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = %s, updated = %s, deleted = %s,
-                 rejects_file = %s where run_id = %s""",
+                 rejects_file = %s, merged_version = %s where run_id = %s""",
             (fscan.sha256, fscan.size, read, loaded, rejected, inserted, updated, deleted,
-             str(rejects_file) if rejects_file else None, plan.run_id))
+             str(rejects_file) if rejects_file else None, new_state.data_version, plan.run_id))
         for dead in state.fail_stale_runs(conn, spec.name, before=plan.run_id):
             conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
         conn.execute(merge.drop_staging(stg))
