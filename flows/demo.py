@@ -8,7 +8,11 @@ the ``cutover`` commands run as an operator would type them.
 Story: bootstrap → mirror flow (both tables, phase ``mirror``) → the application edits its CSV
 store (a new lead, an edited lead, a deleted lead, a bad row) → sync flow → RLS as an agent sees
 it → validate flow (fails: the CSV holds rows the mirror cannot) → the application fixes its
-data → sync → validate passes → status, export.
+data → sync → validate passes → phases 2–4: advance to dual_write, the application writes both
+stores (one database half fails and the reconcile flow repairs it), the promote flow pauses until
+an operator approves it (here: the same call the UI's Resume form makes), writes in Supabase, the
+backup flow, the deprecate flow (archive + manifest), rollback to dual_write, forward again →
+the phase timeline, status, export.
 """
 
 from __future__ import annotations
@@ -111,6 +115,133 @@ def _validate_all(console) -> dict[str, dict]:
     return summaries
 
 
+TABLES = ("leads", "approvals")
+
+
+def _promote_approved(table: str, console) -> dict:
+    """Start the promote flow, wait until it pauses for the operator, answer its form."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.promote import promote
+
+    def runs():
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["promote"])))
+
+    known = {r.id for r in runs()}
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(result=promote(table, timeout_s=600)), daemon=True)
+    worker.start()
+    while True:
+        paused = [r for r in runs() if r.id not in known and r.state and r.state.name == "Paused"]
+        if paused or not worker.is_alive():
+            break
+        time.sleep(0.5)
+    if paused:
+        console.print(f"  promote {table}: [yellow]Paused[/] — waiting for an operator (UI: ⋮ → Resume);"
+                      " approving as 'Dana (ops)'")
+        resume_flow_run(paused[0].id, run_input={"approve": True, "approver": "Dana (ops)",
+                                                 "reason": "parity exact, suites green"})
+    worker.join()
+    if "result" not in box:
+        raise SystemExit(f"demo: the promote flow of {table} failed")
+    return box["result"]
+
+
+def _phases_2_to_4(console) -> None:
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    from cutover.app import repositories
+    from cutover.samples import agent_ids
+    from cutover.settings import Settings
+    from flows.advance import advance, deprecate
+    from flows.maintenance import backup, reconcile
+    from flows.rollback import rollback
+
+    def show(result: dict) -> None:
+        extra = "".join(f", {k.replace('_', ' ')} {result[k]}" for k in ("report_id", "approver", "archive")
+                        if result.get(k))
+        if result.get("parity_report_id"):
+            extra += f", parity afterwards {'exact' if result['parity_passed'] else 'FAILED'}"
+        console.print(f"  {result['table']}: {result['from_phase']} → {result['to_phase']} ({result['outcome']}){extra}")
+
+    console.print("\n[b]9. advance flow: mirror → dual_write[/] (final sync, validation, gate)")
+    for t in TABLES:
+        show(advance(t, reason="start dual writes"))
+
+    console.print("\n[b]10. the application writes both stores[/] (as an agent: RLS applies, no service-role key)")
+    agent = agent_ids(7)[0]
+    settings = Settings()
+    app = repositories(settings, agent)
+    now = datetime.now(timezone.utc)
+    lead_id = "7d3f5a10-2b4c-4d6e-8f10-a2b4c6d8e0f1"
+    app.leads.upsert([{"id": lead_id, "created_at": now, "updated_at": now, "first_name": "Amara",
+                       "last_name": "Diallo", "email": "amara@example.com", "phone": "+1 512 555 0199",
+                       "street": None, "city": "Austin", "state": "TX", "zip": "78701", "budget": Decimal("615000.00"),
+                       "status": "new", "source": "referral", "notes": None, "agent_id": agent}])
+    console.print(f"  new lead {lead_id[:8]}… written to leads.csv, then to Supabase")
+    app.db.pool.close()  # the application's connection to Supabase drops
+    app.leads.update(lead_id, lambda r: {**r, "status": "contacted", "updated_at": datetime.now(timezone.utc)})
+    console.print("  update while Supabase is unreachable: in the CSV, and queued in the outbox"
+                  f" ({app.leads.outbox.count('leads')} pending)")
+    app.close()
+    console.print(f"  reconcile flow (every 10 min): repaired {reconcile()}")
+
+    console.print("\n[b]11. promote flow: dual_write → promoted[/] (pauses for the operator's approval)")
+    for t in TABLES:
+        show(_promote_approved(t, console))
+
+    console.print("\n[b]12. writes in Supabase[/] (the source of truth now)")
+    app = repositories(settings, agent)
+    app.leads.update(lead_id, lambda r: {**r, "status": "qualified", "updated_at": datetime.now(timezone.utc)})
+    console.print(f"  lead {lead_id[:8]}… → qualified, in Supabase only")
+    app.close()
+    console.print("\n[b]13. backup flow[/] (hourly: the CSV backup follows the change log)")
+    for t, r in backup().items():
+        console.print(f"  {t}: changes {r['from_change']}→{r['to_change']}: {r['upserted']} rows written,"
+                      f" {r['deleted']} removed")
+
+    console.print("\n[b]14. deprecate flow: promoted → deprecated[/] (archive with a sha256 manifest)")
+    for t in reversed(TABLES):
+        show(deprecate(t, reason="the CSV store is retired"))
+
+    console.print("\n[b]15. rollback flow, twice: deprecated → promoted → dual_write[/] (parity checked each time)")
+    for _ in range(2):
+        for t in TABLES:
+            show(rollback(t, reason="demo: the way back"))
+    text = (DATA / "leads.csv").read_text()
+    console.print(f"  the lead written in Supabase while promoted is in leads.csv: {'qualified' in text}")
+
+    console.print("\n[b]16. forward again: dual_write → promoted[/]")
+    for t in TABLES:
+        show(_promote_approved(t, console))
+    _timeline(console)
+
+
+def _timeline(console) -> None:
+    from rich.table import Table
+
+    from tasks import resources
+
+    rows = resources.database().run(lambda conn: conn.execute(
+        """select table_name, coalesce(from_phase, '-'), coalesce(to_phase, '-'), outcome, actor,
+                  coalesce(report_id, ''), to_char(finished_at, 'HH24:MI:SS')
+           from cutover.phase_history order by id""").fetchall(), what="timeline")
+    table = Table(title="phase timeline", title_justify="left")
+    for col in ("table", "from", "to", "outcome", "actor", "report", "at"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*map(str, row))
+    console.print(table)
+    console.print(f"  reports: {HOME / 'reports'}")
+
+
 def _counts_table(title: str, results: dict[str, dict]):
     from rich.table import Table
 
@@ -150,7 +281,7 @@ def main() -> None:
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 110)
-    console.rule("[b]cutover demo[/] — phase 1, the mirror, on the embedded PostgreSQL")
+    console.rule("[b]cutover demo[/] — the whole migration, on the embedded PostgreSQL")
     console.print(f"home: {HOME}")
     _reset()
 
@@ -191,10 +322,12 @@ def main() -> None:
     if not all(s["passed"] for s in _validate_all(console).values()):
         raise SystemExit("demo: validation should pass once the data is fixed")
 
-    console.print("\n[b]9. status[/] (cutover status)")
+    _phases_2_to_4(console)
+
+    console.print("\n[b]17. status[/] (cutover status)")
     console.print(_cutover("status"))
     out = HOME / "export" / "leads.csv"
-    console.print("\n[b]10. export[/] (cutover export --table leads)")
+    console.print("\n[b]18. export[/] (cutover export --table leads)")
     console.print("  " + _cutover("export", "--table", "leads", "--csv", str(out)))
     console.print(f"\n[green]done.[/] The embedded server keeps running for you to explore:\n"
                   f"  CUTOVER_HOME={HOME} CUTOVER_DATA_DIR={DATA} .venv/bin/cutover status\n"

@@ -222,3 +222,65 @@ def test_validate_flow_reports_each_table_and_publishes_artifacts(samples_dir, s
     assert "FAILED" in _artifact("validation-leads").data
     failures = _artifact("validation-leads-failures").data
     assert "parity" in str(failures) and "email" in str(failures)
+
+
+def _wait_for_state(flow_run_id, name: str, timeout: float = 120):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+        if run.state and run.state.name == name:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {flow_run_id} never reached {name} (last: {run.state and run.state.name})")
+
+
+def _flow_runs(name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])))
+
+
+def _promote_in_background(table: str, timeout_s: int = 300):
+    import threading
+
+    from flows.promote import promote
+
+    known = {r.id for r in _flow_runs("promote")}
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(result=promote(table, timeout_s=timeout_s)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = [r for r in _flow_runs("promote") if r.id not in known]
+        if new:
+            return thread, box, new[0].id
+        time.sleep(0.5)
+    raise AssertionError("the promote flow run never appeared")
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_promote_pauses_for_the_operator_and_obeys_the_form(samples_dir, sql, approve):
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.advance import advance
+    from flows.mirror import mirror
+
+    mirror(["leads"])
+    assert advance("leads")["to_phase"] == "dual_write"
+    thread, box, run_id = _promote_in_background("leads")
+    paused = _wait_for_state(run_id, "Paused")
+    assert paused.state.state_details.run_input_keyset  # a form is waiting (what the UI shows)
+    assert sql("select phase from cutover.table_state where table_name = 'leads'") == [("dual_write",)]
+    resume_flow_run(run_id, run_input={"approve": approve, "approver": "Dana", "reason": "checked the report"})
+    thread.join(120)
+    assert box["result"]["outcome"] == ("done" if approve else "rejected")
+    phase = sql("select phase from cutover.table_state where table_name = 'leads'")[0][0]
+    assert phase == ("promoted" if approve else "dual_write")
+    last = sql("select to_phase, outcome, actor from cutover.phase_history order by id desc limit 1")[0]
+    assert last[1] == ("done" if approve else "rejected") and "Dana" in last[2]
+    assert "→" in _artifact("transition-leads").data
