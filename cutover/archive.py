@@ -356,12 +356,9 @@ def restore_csv(manifest_path: Path, dest: Path) -> Manifest:
     return manifest
 
 
-def upload(archive_path: Path, manifest_path: Path, settings: Settings, *,
-           bucket: str = "cutover-archive") -> list[str] | None:
-    """Upload the archive, then its manifest, to Supabase Storage as ``<table>/<file name>`` (upsert:
-    archive names are unique, so a retry after a partial upload succeeds). Returns the object paths,
-    or None when neither SUPABASE_URL nor a key is configured. The bucket must exist."""
-    archive_path, manifest_path = Path(archive_path), Path(manifest_path)
+def upload_target(settings: Settings) -> tuple[str, str] | None:
+    """(url, key) to upload archives with, None when the upload is not configured, or ArchiveError
+    when it is half configured — so a deprecation can refuse before it starts."""
     url = (settings.supabase_url or "").strip()
     key = ""
     for secret in (settings.supabase_service_role_key, settings.supabase_anon_key):
@@ -384,6 +381,21 @@ def upload(archive_path: Path, manifest_path: Path, settings: Settings, *,
         valid = False
     if not valid:  # the value is not echoed: a key pasted into the wrong variable must not leak
         raise ArchiveError("SUPABASE_URL is not a valid http(s) URL; expected https://<project-ref>.supabase.co")
+
+    return url, key
+
+
+def upload(archive_path: Path, manifest_path: Path, settings: Settings, *,
+           bucket: str = "cutover-archive") -> list[str] | None:
+    """Upload the archive, then its manifest, to Supabase Storage as ``<table>/<file name>`` (upsert:
+    archive names are unique, so a retry after a partial upload succeeds). Returns the object paths,
+    or None when neither SUPABASE_URL nor a key is configured. The bucket must exist."""
+    archive_path, manifest_path = Path(archive_path), Path(manifest_path)
+    target = upload_target(settings)
+    if target is None:
+        return None
+    url, key = target
+    parts = urlsplit(url)
 
     manifest = read_manifest(manifest_path)
     if archive_path.name != manifest.archive:

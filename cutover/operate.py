@@ -29,7 +29,7 @@ def archive_dir(settings: Settings) -> Path:
 
 def context(settings: Settings, db: Database, specs: dict[str, TableSpec], table: str) -> transitions.Context:
     return transitions.Context(db=db, spec=specs[table], specs=specs, csv_path=settings.csv_path(table),
-                               archive_dir=archive_dir(settings))
+                               archive_dir=archive_dir(settings), settings=settings)
 
 
 def current_state(db: Database, table: str) -> state.TableState:

@@ -33,6 +33,7 @@ from cutover import archive, backup, ddl, gate, phases, report, state
 from cutover.csvstore import CsvStore
 from cutover.db import Database
 from cutover.errors import ConcurrentChange, CutoverError
+from cutover.settings import Settings
 from cutover.spec import TableSpec
 
 log = logging.getLogger("cutover.transitions")
@@ -68,6 +69,7 @@ class TransitionResult:
     approver: str | None
     duration_s: float
     archive: str | None = None
+    uploaded: list[str] | None = None  # Supabase Storage objects of the archive, when configured
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +82,7 @@ class Context:
     specs: dict[str, TableSpec]
     csv_path: Path
     archive_dir: Path
+    settings: Settings | None = None  # for the optional upload of a deprecation's archive
 
 
 def _lock_writes(conn: psycopg.Connection, spec: TableSpec) -> None:
@@ -159,7 +162,10 @@ def execute(ctx: Context, plan: phases.TransitionPlan, runner: Runner, *, actor:
     rep: report.Report | None = None
     approval: Approval | None = None
     after: report.Report | None = None
-    archived = None
+    archived = uploaded = None
+    if ctx.settings is not None and any(isinstance(s, phases.Locked) and any(
+            isinstance(i, phases.ArchiveCsv) for i in s.steps) for s in plan.steps):
+        archive.upload_target(ctx.settings)  # half-configured upload: refuse before anything happens
     for step in plan.steps:
         if isinstance(step, phases.SyncFromCsv):
             runner.sync(plan.table)
@@ -188,6 +194,9 @@ def execute(ctx: Context, plan: phases.TransitionPlan, runner: Runner, *, actor:
             if "report_id" in out and rep is not None and out["report_id"] != rep.report_id:
                 log.info("%s: the gate used report %s", plan.table, out["report_id"])
         elif isinstance(step, phases.RemoveCsv):
+            if archived and ctx.settings is not None:
+                manifest = archive.read_manifest(Path(archived))
+                uploaded = archive.upload(Path(archived).parent / manifest.archive, Path(archived), ctx.settings)
             with CsvStore(ctx.csv_path, ctx.spec).locked():
                 ctx.csv_path.unlink(missing_ok=True)
         elif isinstance(step, phases.CheckParity):
@@ -197,7 +206,7 @@ def execute(ctx: Context, plan: phases.TransitionPlan, runner: Runner, *, actor:
     return TransitionResult(
         plan.table, plan.from_phase, plan.to_phase, "done", rep.report_id if rep else None,
         after.report_id if after else None, (after.parity or {}).get("passed") if after else None,
-        approval.approver if approval else None, round(time.time() - started, 3), archived)
+        approval.approver if approval else None, round(time.time() - started, 3), archived, uploaded)
 
 
 def _record_refusal(ctx: Context, plan: phases.TransitionPlan, approval: Approval, rep: report.Report | None,

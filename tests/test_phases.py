@@ -228,3 +228,18 @@ def test_four_writer_processes_lose_no_update_and_never_tear_the_csv(table, db, 
     if phase == "dual_write":
         assert sql("select budget from public.leads where id = %s", (key,)) == [(Decimal("450040.00"),)]
         assert operate.run_validation(settings, db, specs, "leads", reuse=False).parity["passed"]
+
+
+def test_a_half_configured_archive_upload_refuses_the_deprecation_before_it_starts(table, db, settings, specs, sql,
+                                                                                    monkeypatch):
+    from cutover.archive import ArchiveError
+    from cutover.settings import Settings
+
+    _advance(db, settings, specs)
+    _advance(db, settings, specs, approve_as="Dana")
+    monkeypatch.setenv("SUPABASE_ANON_KEY", "anon-key-value-not-to-be-echoed")
+    with pytest.raises(ArchiveError, match="SUPABASE_URL is not") as refused:
+        _advance(db, Settings(), specs)
+    assert "anon-key-value" not in str(refused.value)
+    assert sql("select phase from cutover.table_state") == [("promoted",)]
+    assert settings.csv_path("leads").exists() and not (settings.data_dir / "archive").exists()
