@@ -12,13 +12,19 @@ pool). The guarantees do not depend on who runs the steps:
 - a run is merged only if no other merge or transition of the table happened since it began
   (optimistic version check under the table's advisory lock), so a slow run can never overwrite
   a newer one;
-- each batch's load is one transaction, retried as a unit on transient errors, and idempotent.
+- each batch's load is one transaction, retried as a unit on transient errors, and idempotent;
+- the run reads a frozen snapshot of the CSV: ``scan`` hard-links the file under a private name, so
+  an application that replaces the CSV meanwhile (atomically, by rename) cannot shift the bytes
+  under the batches' offsets; the link is removed when the run ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
+import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -34,7 +40,7 @@ from cutover import bootstrap, csvscan, merge, state
 from cutover.atomic import atomic_write
 from cutover.coerce import coerce
 from cutover.db import Database
-from cutover.errors import ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError
+from cutover.errors import ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StructuralError
 from cutover.spec import TableSpec
 
 log = logging.getLogger("cutover.sync")
@@ -55,6 +61,38 @@ class SyncPlan:
     mass_delete_threshold: float
     allow_mass_delete: bool
     actor: str
+
+    @property
+    def snapshot(self) -> Path:
+        """The run's frozen view of the CSV (a hard link beside it; see ``take_snapshot``)."""
+        return self.csv_path.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
+
+
+def take_snapshot(plan: SyncPlan) -> None:
+    """Freeze the CSV for this run: writers replace the file by rename, so a hard link keeps
+    exactly the bytes the scan sees (a copy where links are not possible)."""
+    if plan.snapshot.exists():
+        return
+    try:
+        os.link(plan.csv_path, plan.snapshot)
+    except FileNotFoundError:
+        raise
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(plan.csv_path, plan.snapshot)
+
+
+def drop_snapshot(plan: SyncPlan) -> None:
+    plan.snapshot.unlink(missing_ok=True)
+
+
+def drop_stale_snapshots(csv_path: Path, dead_runs: list[uuid.UUID]) -> None:
+    for run in dead_runs:
+        (csv_path.parent / f".{csv_path.name}.{run.hex[:12]}.snapshot").unlink(missing_ok=True)
+
+
+def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
+    """Errors name the user's file, not the run's snapshot of it."""
+    return dataclasses.replace(exc, path=plan.csv_path) if Path(exc.path) == plan.snapshot else exc
 
 
 def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, rejects_dir: Path,
@@ -111,8 +149,10 @@ def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
             raise PhaseError(
                 f"{plan.spec.name} is in phase {current.phase}: the database is the source of truth now,"
                 " so the CSV is not synced into it")
-        for dead in state.fail_stale_runs(conn, plan.spec.name):
+        dead_runs = state.fail_stale_runs(conn, plan.spec.name)
+        for dead in dead_runs:
             conn.execute(merge.drop_staging(merge.staging_name(plan.spec.name, dead.hex)))
+        drop_stale_snapshots(plan.csv_path, dead_runs)
         state.start_run(conn, plan.run_id, plan.spec.name, kind, current.version, str(plan.csv_path))
         conn.execute(merge.create_staging(plan.spec, plan.staging))
         return current.version
@@ -121,7 +161,11 @@ def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
 
 
 def scan(plan: SyncPlan) -> csvscan.FileScan:
-    return csvscan.scan_file(plan.csv_path, plan.spec.column_names, plan.batch_bytes)
+    take_snapshot(plan)
+    try:
+        return csvscan.scan_file(plan.snapshot, plan.spec.column_names, plan.batch_bytes)
+    except StructuralError as exc:
+        raise _as_source(plan, exc) from None
 
 
 def _read(path: Path, batch: csvscan.Batch) -> bytes:
@@ -140,8 +184,11 @@ def _truncated(col: str) -> pl.Expr:
 
 def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Pure CPU work for one batch: (typed good rows, rejects, rows read)."""
-    buf = _read(plan.csv_path, batch)
-    idx = csvscan.index_records(buf, batch.first_line, plan.csv_path)
+    buf = _read(plan.snapshot, batch)
+    try:
+        idx = csvscan.index_records(buf, batch.first_line, plan.snapshot)
+    except StructuralError as exc:
+        raise _as_source(plan, exc) from None
     ncols = len(header.names)
     counted = ~idx.blank
     good = counted & (idx.fields == ncols)
@@ -252,8 +299,10 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
                  rejects_file = %s, merged_version = %s where run_id = %s""",
             (fscan.sha256, fscan.size, read, loaded, rejected, inserted, updated, deleted,
              str(rejects_file) if rejects_file else None, new_state.data_version, plan.run_id))
-        for dead in state.fail_stale_runs(conn, spec.name, before=plan.run_id):
+        dead_runs = state.fail_stale_runs(conn, spec.name, before=plan.run_id)
+        for dead in dead_runs:
             conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
+        drop_stale_snapshots(plan.csv_path, dead_runs)
         conn.execute(merge.drop_staging(stg))
         return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=inserted,
                           updated=updated, deleted=deleted,
@@ -261,7 +310,9 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
                           duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
                           phase=new_state.phase)
 
-    return db.run(step, what=f"merge {spec.name}")
+    result = db.run(step, what=f"merge {spec.name}")
+    drop_snapshot(plan)
+    return result
 
 
 def _write_rejects(conn: psycopg.Connection, plan: SyncPlan) -> Path:
@@ -277,6 +328,7 @@ def abort(db: Database, plan: SyncPlan, error: BaseException) -> None:
     """Record the run as failed and drop its staging table. Best effort: if the database is down,
     the next sync of the table reaps the run (no heartbeat) and its staging table."""
     message = db.scrub(str(error) or type(error).__name__)
+    drop_snapshot(plan)
 
     def step(conn: psycopg.Connection) -> None:
         state.fail_run(conn, plan.run_id, message)

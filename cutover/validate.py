@@ -80,6 +80,7 @@ def finish_staging(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
                          csv_sha256=fscan.sha256, csv_bytes=fscan.size)
 
     db.run(analyze, what=f"stage {plan.spec.name} for validation")
+    sync.drop_snapshot(stg)
 
 
 def expectations(db: Database, plan: ValidationPlan, side: str) -> list[dict]:
@@ -151,3 +152,17 @@ def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> r
     except BaseException as exc:
         abort(db, plan, exc)
         raise
+
+
+def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict:
+    """Exact parity alone (no suites, no report): stage the CSV, compare, clean up."""
+    if plan.staging is None:
+        raise FileNotFoundError(f"{plan.spec.name}: no CSV to compare with")
+    try:
+        stage_source(db, plan, sync.thread_map(workers))
+        result = compare(db, plan)
+    except BaseException as exc:
+        abort(db, plan, exc)
+        raise
+    db.run(lambda conn: conn.execute(merge.drop_staging(plan.staging.staging)), what="drop staging")
+    return result

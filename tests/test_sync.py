@@ -256,3 +256,24 @@ def test_counting_deletes_is_planned_as_anti_joins_not_a_per_row_subplan(db, set
         plan = "\n".join(r[0] for r in conn.execute(query, {"run": "00000000-0000-0000-0000-000000000000"}))
     assert "SubPlan" not in plan, plan
     assert plan.count("Anti Join") == 2, plan
+
+
+def test_a_csv_replaced_during_the_sync_does_not_shift_under_its_batches(db, settings, specs, tmp_path, sql):
+    from cutover.atomic import atomic_write
+
+    src = write_csv(tmp_path / "leads.csv", [lead(i) for i in range(300)])
+    plan = engine.plan_sync(specs["leads"], specs, src, rejects_dir=settings.rejects_dir, batch_bytes=64 * 1024,
+                            mass_delete_threshold=0.1)
+    started = time.time()
+    version = engine.begin(db, plan)
+    fscan = engine.scan(plan)
+    assert len(fscan.batches) > 1 and plan.snapshot.exists()
+    # the application rewrites its store (atomically, by rename) while the sync is loading
+    with atomic_write(src) as f:
+        f.write(b"id,created_at\n" + b"x" * 200_000)
+    results = [engine.load_batch(db, plan, fscan.header, b) for b in fscan.batches]
+    result = engine.merge_run(db, plan, fscan, results, version, started)
+    assert (result.read, result.loaded, result.rejected) == (300, 300, 0)
+    assert sql("select count(*) from public.leads") == [(300,)]
+    assert not plan.snapshot.exists()
+    assert not list(tmp_path.glob(".leads.csv.*"))
