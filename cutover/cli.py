@@ -227,6 +227,32 @@ def validate(
 
 
 @app.command()
+def parity(
+    table: TableOpt,
+    csv: Annotated[Path | None, typer.Option(help="CSV to compare with (default: <table>.csv in CUTOVER_DATA_DIR).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Exact row-level parity of CSV and table alone (no suites, no report). Exit 0 exact, 1 not."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import validate as validation
+        from cutover.db import connect
+
+        spec, specs = _spec(settings, table)
+        plan = validation.plan_validation(
+            spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
+            batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
+            reports_dir=settings.reports_dir, actor="cli")
+        with connect(settings) as db:
+            result = validation.parity_only(db, plan, workers=settings.workers)
+        _emit(result, as_json, f"{table}: {'exact' if result['passed'] else 'DIFFERENT'} — "
+              + ", ".join(f"{k} {result[k]}" for k in ("missing_in_target", "extra_in_target", "changed",
+                                                       "rejected_in_source")))
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def suites(
     write: Annotated[bool, typer.Option("--write", help="Regenerate the suite files from the specs.")] = False,
     as_json: JsonOpt = False,

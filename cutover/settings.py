@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     batch_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)  # ~115k leads rows per batch
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
     retry_attempts: int = Field(default=5, ge=1)
+    # A Dask scheduler (tcp://host:8786): the flows then map batch tasks over its workers.
+    dask_address: str | None = None
 
     @field_validator("home", "data_dir", "spec_dir", "expectations_dir")
     @classmethod

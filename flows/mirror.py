@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 
 from cutover.spec import select_tables
 from cutover.state import SYNCABLE
-from flows.sync import sync_table
+from flows.sync import table_flow
 from tasks import resources
 from tasks.artifacts import publish_counts
 from tasks.sync import bootstrap_database, table_phases
@@ -25,7 +25,7 @@ def mirror(tables: list[str] | None = None) -> dict[str, dict]:
     results, skipped = {}, {}
     for table in names:
         if phases[table] is None or phases[table] in SYNCABLE:
-            results[table] = sync_table(table)
+            results[table] = table_flow()(table)
         else:
             skipped[table] = f"phase {phases[table]}: already past the mirror"
             get_run_logger().info("%s skipped: %s", table, skipped[table])

@@ -37,6 +37,18 @@ def sync_table(table: str, csv: str | None = None, allow_mass_delete: bool = Fal
     return result.as_dict()
 
 
+def table_flow(flow_fn=None):
+    """``sync_table`` on the configured task runner: threads, or the Dask cluster of CUTOVER_DASK_ADDRESS
+    (each Dask worker reads its own environment and opens its own pool; the tasks do not change)."""
+    flow_fn = flow_fn or sync_table
+    address = resources.settings().dask_address
+    if not address:
+        return flow_fn
+    from prefect_dask import DaskTaskRunner
+
+    return flow_fn.with_options(task_runner=DaskTaskRunner(address=address))
+
+
 @flow(name="sync")
 def sync(tables: list[str] | None = None, allow_mass_delete: bool = False) -> dict[str, dict]:
     """Incremental sync of every table (or ``tables``) whose CSV is the source of truth."""
@@ -45,7 +57,7 @@ def sync(tables: list[str] | None = None, allow_mass_delete: bool = False) -> di
     results, skipped = {}, {}
     for table in names:
         if phases[table] in SYNCABLE:
-            results[table] = sync_table(table, allow_mass_delete=allow_mass_delete)
+            results[table] = table_flow()(table, allow_mass_delete=allow_mass_delete)
         else:
             skipped[table] = ("not mirrored yet: run the mirror flow first" if phases[table] is None
                               else f"phase {phases[table]}: the database is the source of truth")

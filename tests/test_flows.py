@@ -284,3 +284,26 @@ def test_promote_pauses_for_the_operator_and_obeys_the_form(samples_dir, sql, ap
     last = sql("select to_phase, outcome, actor from cutover.phase_history order by id desc limit 1")[0]
     assert last[1] == ("done" if approve else "rejected") and "Dana" in last[2]
     assert "→" in _artifact("transition-leads").data
+
+
+def test_batches_run_unchanged_on_a_dask_cluster(samples_dir, sql, monkeypatch):
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.mirror import mirror
+    from flows.sync import sync
+
+    monkeypatch.setenv("CUTOVER_BATCH_BYTES", str(64 * 1024))  # ~13 batches of leads
+    mirror()  # thread runner
+    threads = sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l")
+    sql("truncate public.leads cascade; delete from cutover.table_state; delete from cutover.runs")
+    # Dask workers are other processes: they read the same environment (database, Prefect API)
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        monkeypatch.setenv("CUTOVER_DASK_ADDRESS", cluster.scheduler_address)
+        results = mirror()
+        assert results["leads"]["read"] == 3000 and results["approvals"]["read"] == 2000
+        assert sync()["leads"]["inserted"] == 0
+        ran_on_dask = {p for p in cluster.scheduler.task_prefixes if "load" in p}
+        assert ran_on_dask, sorted(cluster.scheduler.task_prefixes)
+    assert sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l") == threads

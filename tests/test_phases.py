@@ -243,3 +243,16 @@ def test_a_half_configured_archive_upload_refuses_the_deprecation_before_it_star
     assert "anon-key-value" not in str(refused.value)
     assert sql("select phase from cutover.table_state") == [("promoted",)]
     assert settings.csv_path("leads").exists() and not (settings.data_dir / "archive").exists()
+
+
+def test_shadow_reads_count_what_the_table_disagrees_on(table, db, settings, specs, sql):
+    _advance(db, settings, specs)
+    app = repositories(settings, AGENT, specs=specs, shadow_reads=True)
+    try:
+        key = lead(2)["id"]
+        assert app.leads.get(key)["city"] == "Austin" and app.leads.shadow_mismatches == 0
+        sql("update public.leads set city = 'Drifted' where id = %s", (key,))
+        assert app.leads.get(key)["city"] == "Austin"  # the CSV is still the truth
+        assert app.leads.shadow_mismatches == 1
+    finally:
+        app.close()

