@@ -10,7 +10,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_CLI_PROMPT := false
 
-.PHONY: setup demo test lock clean
+.PHONY: setup demo test ui-check lock clean bench
 
 setup: $(STAMP)
 
@@ -31,6 +31,22 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Browser check: Playwright drives Debian's Chromium through the Prefect UI's Resume form of a paused
+# promote run (tests/browser). Playwright's own browser builds are never downloaded.
+PLAYWRIGHT_VERSION := 1.65.2
+CHROMIUM ?= /usr/bin/chromium
+ui-check: setup
+	@$(PY) -c "import importlib.metadata as m; assert m.version('playwright') == '$(PLAYWRIGHT_VERSION)'" 2>/dev/null \
+		|| $(UV) pip install --quiet -p $(PY) playwright==$(PLAYWRIGHT_VERSION)
+	@test -x $(CHROMIUM) || { echo "ui-check needs Chromium at $(CHROMIUM): apt-get install -y chromium" >&2; exit 1; }
+	CUTOVER_BROWSER=1 CUTOVER_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider tests/browser -q $(PYTEST_ARGS)
+
+# Speed against psql \copy of the same file, same run, same database (figures: bench/results.json).
+ROWS ?= 1000000
+REPEAT ?= 3
+bench: setup
+	$(PY) bench/bench.py --rows $(ROWS) --repeat $(REPEAT)
 
 clean:
 	rm -rf $(VENV) .cutover .pytest_cache
