@@ -11,7 +11,7 @@ embedded PostgreSQL of ``.cutover/bench``, and times, each ``--repeat`` times (m
 - gate: ``cutover validate`` (suites on both sides, parity, security, the report).
 
 Every step is a whole process (start-up included, as an operator runs it); its peak RSS is the
-child's own ``ru_maxrss`` from ``wait4``. Ratios are to the baseline's median. The table goes to
+process's own ``ru_maxrss`` (``wait4``), forked from a minimal launcher. Ratios are to the baseline's median. The table goes to
 stdout and the figures to ``bench/results.json``.
 """
 
@@ -32,18 +32,27 @@ BIN = Path(sys.executable).parent
 TARGETS = {"first_load": 1.00, "resync_churn": 0.35, "resync_nochange": 0.25, "parity": 0.5, "gate": 1.5}
 
 
+# A tiny launcher forks each step: on Linux a child's peak-RSS counter starts at its parent's
+# size at fork, so forking from this (large) process would inflate every figure.
+_LAUNCHER = ("import os, sys\n"
+             "pid = os.fork()\n"
+             "if pid == 0:\n"
+             "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+             "_, status, usage = os.wait4(pid, 0)\n"
+             "os.write(2, b'\\n@@rss_kb=%d\\n' % usage.ru_maxrss)\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Like _timed, with the child's own peak RSS (wait4 gives the rusage of that one child)."""
+    """(seconds, the step's own peak RSS in MB, stdout) of one whole process, start-up included."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["python3", "-S", "-c", _LAUNCHER, *cmd], env=env, capture_output=True)
     elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.decode()
     if proc.returncode not in (0, 1):
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024, out.decode()
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
+    rss_kb = int(err.rsplit("@@rss_kb=", 1)[1].split()[0])
+    return elapsed, rss_kb / 1024, proc.stdout.decode()
 
 
 def _churn(base: Path, out: Path, rows: int) -> None:
