@@ -53,12 +53,31 @@ def repositories(settings: Settings, subject: str, *, specs: dict[str, TableSpec
                    ApprovalsRepository(store=stores["approvals"], **common))
 
 
+def _is_secret_key(key: str) -> bool:
+    """A key that bypasses RLS by itself: a JWT whose ``role`` claim is ``service_role`` (legacy
+    keys), or a new-style secret key (``sb_secret_…``). Decoded only, never verified."""
+    if key.startswith("sb_secret_"):
+        return True
+    parts = key.split(".")
+    if len(parts) != 3:
+        return False
+    import base64
+    import json
+
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except Exception:  # not a JWT after all
+        return False
+    return isinstance(claims, dict) and claims.get("role") == "service_role"
+
+
 def supabase_client(settings: Settings):
     """The application's Supabase client: anon key only."""
-    anon = settings.supabase_anon_key.get_secret_value() if settings.supabase_anon_key else None
-    service = (settings.supabase_service_role_key.get_secret_value()
+    # Compared stripped: a key pasted with a stray space or newline is still the same key.
+    anon = settings.supabase_anon_key.get_secret_value().strip() if settings.supabase_anon_key else None
+    service = (settings.supabase_service_role_key.get_secret_value().strip()
                if settings.supabase_service_role_key else None)
-    if not anon or (service and anon == service):
+    if not anon or (service and anon == service) or _is_secret_key(anon):
         raise ServiceRoleRefused(
             "the application path uses the anon key (plus the user's JWT) and never the service-role key:"
             " set SUPABASE_ANON_KEY" + (" to the project's anon key, not the service-role key" if anon else ""))

@@ -53,7 +53,10 @@ def _timestamptz(col: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     bad_form = "not an ISO 8601 timestamp (expected YYYY-MM-DD HH:MM[:SS[.ffffff]][Z|±HH:MM])"
     reason = (pl.when(date.is_null()).then(pl.lit(bad_form))
               # year 0000 parses in polars but not in PostgreSQL, which has no year zero
-              .when(instant.is_null() | date.str.starts_with("0000")).then(pl.lit("impossible date or time")))
+              .when(instant.is_null() | date.str.starts_with("0000")).then(pl.lit("impossible date or time"))
+              # PostgreSQL keeps instants of years 1..9999 (UTC): 0001-01-01T00:00+05:00 is year 0 in UTC
+              .when(~instant.dt.year().is_between(1, 9999))
+              .then(pl.lit("out of range: the instant in UTC must fall in years 0001-9999")))
     return instant.dt.strftime(TS_OUT), reason
 
 

@@ -176,10 +176,12 @@ def _read(path: Path, batch: csvscan.Batch) -> bytes:
 
 def _truncated(col: str) -> pl.Expr:
     """A rejected value as stored: a 5 MB field is reported, not copied."""
-    length = pl.col(col).str.len_chars()
+    # a NUL (the very reason such a row is rejected) cannot be stored in PostgreSQL text: spell it out
+    value = pl.col(col).str.replace_all("\x00", "\\x00", literal=True)
+    length = value.str.len_chars()
     return (pl.when(length > MAX_REJECT_VALUE)
-            .then(pl.format("{}… ({} characters)", pl.col(col).str.slice(0, MAX_REJECT_VALUE), length))
-            .otherwise(pl.col(col)).alias(col))
+            .then(pl.format("{}… ({} characters)", value.str.slice(0, MAX_REJECT_VALUE), length))
+            .otherwise(value).alias(col))
 
 
 def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
