@@ -10,7 +10,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_CLI_PROMPT := false
 
-.PHONY: setup demo test ui-check lock clean bench
+.PHONY: setup demo test ui-check lock clean bench soak
 
 setup: $(STAMP)
 
@@ -47,6 +47,12 @@ ROWS ?= 1000000
 REPEAT ?= 3
 bench: setup
 	$(PY) bench/bench.py --rows $(ROWS) --repeat $(REPEAT)
+
+# Fault-injection campaigns (tests/test_faults.py, marker soak): SIGKILL at CUTOVER_SOAK_KILLS random
+# moments of a sync (and half as many across the transitions); CUTOVER_SOAK_SEED replays a campaign.
+CUTOVER_SOAK_KILLS ?= 25
+soak: setup
+	CUTOVER_SOAK_KILLS=$(CUTOVER_SOAK_KILLS) $(PY) -m pytest -p no:cacheprovider -m soak tests/test_faults.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cutover .pytest_cache

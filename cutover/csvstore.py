@@ -52,7 +52,7 @@ import polars as pl
 
 from cutover import csvscan
 from cutover.atomic import atomic_write
-from cutover.errors import CutoverError, StructuralError
+from cutover.errors import CutoverError, StructuralError, WriteFailed
 from cutover.spec import TableSpec
 
 Row = dict[str, str | None]
@@ -332,8 +332,12 @@ class CsvStore:
             finally:
                 held[name] -= 1
             return
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:  # read-only directory, no permission: say which store cannot be written
+            raise WriteFailed(self.path, exc.errno, exc.strerror or str(exc), failed_path=exc.filename,
+                              outcome="nothing was written") from exc
         try:
             deadline = time.monotonic() + self.lock_timeout_s
             delay = 0.001

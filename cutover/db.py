@@ -10,6 +10,9 @@ Contract:
   so that a retry can never apply anything twice.
 - After ``breaker_threshold`` consecutive transient failures the breaker opens and calls fail fast
   with ``DatabaseUnavailable`` until ``breaker_cooldown_s`` has passed; one trial call then decides.
+- A call that finds every connection of the pool checked out by this process's other threads waits
+  up to the pool's timeout, then fails with ``PoolExhausted``: not retried, and not counted by the
+  breaker (the database answers; this process asked too much of its pool).
 
 Concurrency: a ``Database`` is safe to share between threads (the pool is); processes each build
 their own through ``connect``.
@@ -30,7 +33,7 @@ from psycopg import errors as pgerr
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from cutover.errors import DatabaseUnavailable
+from cutover.errors import DatabaseUnavailable, PoolExhausted
 from cutover.redact import display_dsn, scrub
 from cutover.settings import Settings
 
@@ -130,6 +133,8 @@ class Database:
             timeout=max(settings.connect_timeout_s, 30.0), name="cutover", check=ConnectionPool.check_connection,
         )
         self.limits: ServerLimits | None = None
+        self._busy = 0  # connections this process's threads hold right now (tx)
+        self._busy_lock = threading.Lock()
 
     def open(self) -> Database:
         """Connect once directly (retrying transient failures for up to the connect timeout), so a
@@ -165,14 +170,21 @@ class Database:
 
     @contextmanager
     def tx(self) -> Iterator[psycopg.Connection]:
-        with self.pool.connection() as conn, conn.transaction():
-            s = self.settings
-            conn.execute(
-                "select set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true),"
-                " set_config('TimeZone', 'UTC', true)",
-                (f"{int(s.statement_timeout_s * 1000)}", f"{int(s.lock_timeout_s * 1000)}"),
-            )
-            yield conn
+        with self.pool.connection() as conn:
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                with conn.transaction():
+                    s = self.settings
+                    conn.execute(
+                        "select set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true),"
+                        " set_config('TimeZone', 'UTC', true)",
+                        (f"{int(s.statement_timeout_s * 1000)}", f"{int(s.lock_timeout_s * 1000)}"),
+                    )
+                    yield conn
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
 
     def run(self, fn: Callable[[psycopg.Connection], T], *, what: str = "database call") -> T:
         """Run ``fn`` in one transaction, retrying transient failures (see module docstring)."""
@@ -189,6 +201,15 @@ class Database:
                 try:
                     with self.tx() as conn:
                         result = fn(conn)
+                except PoolTimeout as exc:
+                    if self._busy >= self.pool.max_size:  # all ours and busy: saturated, not unreachable
+                        raise PoolExhausted(
+                            f"{what}: no free database connection within {self.pool.timeout:g}s — all"
+                            f" {self.pool.max_size} connections of this process's pool (CUTOVER_POOL_MAX) are"
+                            " busy with its other work; nothing was done. Run less at once (CUTOVER_WORKERS)"
+                            " or raise CUTOVER_POOL_MAX.") from exc
+                    self.breaker.record(ok=False)
+                    raise
                 except BaseException as exc:
                     if is_transient(exc):
                         self.breaker.record(ok=False)

@@ -37,6 +37,34 @@ class DatabaseUnavailable(CutoverError):
     exit_code = 4
 
 
+class PoolExhausted(DatabaseUnavailable):
+    """Every connection of this process's pool stayed busy for the pool's whole timeout: more concurrent
+    work than ``CUTOVER_POOL_MAX`` allows. The database itself answers, so this is neither retried nor
+    counted by the circuit breaker."""
+
+
+class WriteFailed(CutoverError, OSError):
+    """A file could not be written (disk full, read-only filesystem, no permission). It is still an
+    ``OSError`` (``errno``, ``filename``) for callers that catch those; the message names the file."""
+
+    def __init__(self, path: Path | str, errno: int | None, reason: str, *, failed_path: str | None = None,
+                 outcome: str = "it was left as it was"):
+        super().__init__(errno, reason, str(path))
+        self.failed_path = failed_path
+        self.outcome = outcome
+
+    def __reduce__(self):  # picklable (flows hand exceptions between processes)
+        return (_write_failed, (self.filename, self.errno, self.strerror, self.failed_path, self.outcome))
+
+    def __str__(self) -> str:
+        where = f" ({self.failed_path})" if self.failed_path and str(self.failed_path) != self.filename else ""
+        return f"cannot write {self.filename}: {self.strerror}{where}; {self.outcome}"
+
+
+def _write_failed(path, errno, reason, failed_path, outcome) -> WriteFailed:
+    return WriteFailed(path, errno, reason, failed_path=failed_path, outcome=outcome)
+
+
 class PhaseError(CutoverError):
     """The operation is not allowed in the table's current phase."""
 
