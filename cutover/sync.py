@@ -64,35 +64,58 @@ class SyncPlan:
 
     @property
     def snapshot(self) -> Path:
-        """The run's frozen view of the CSV (a hard link beside it; see ``take_snapshot``)."""
+        """The run's frozen view of the CSV (see ``take_snapshot``)."""
+        beside = self._snapshot_beside
+        return beside if beside.exists() else self._snapshot_aside
+
+    @property
+    def _snapshot_beside(self) -> Path:
         return self.csv_path.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
+
+    @property
+    def _snapshot_aside(self) -> Path:  # in cutover's own home, for a read-only CSV store
+        return self.rejects_file.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
 
 
 def take_snapshot(plan: SyncPlan) -> None:
-    """Freeze the CSV for this run: writers replace the file by rename, so a hard link keeps
-    exactly the bytes the scan sees (a copy where links are not possible)."""
-    if plan.snapshot.exists():
+    """Freeze the CSV for this run: writers replace the file by rename, so a hard link beside it keeps
+    exactly the bytes the scan sees. Where the store cannot take a link (read-only, no hard links),
+    a copy goes to cutover's home instead."""
+    if plan._snapshot_beside.exists() or plan._snapshot_aside.exists():
         return
     try:
-        os.link(plan.csv_path, plan.snapshot)
+        os.link(plan.csv_path, plan._snapshot_beside)
+        return
     except FileNotFoundError:
         raise
-    except OSError:  # a filesystem without hard links
-        shutil.copyfile(plan.csv_path, plan.snapshot)
+    except OSError:
+        pass
+    plan._snapshot_aside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(plan.csv_path, plan._snapshot_aside)
 
 
 def drop_snapshot(plan: SyncPlan) -> None:
-    plan.snapshot.unlink(missing_ok=True)
+    for path in (plan._snapshot_beside, plan._snapshot_aside):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # never mask the error being reported; a later run reaps it
+            pass
 
 
-def drop_stale_snapshots(csv_path: Path, dead_runs: list[uuid.UUID]) -> None:
+def drop_stale_snapshots(csv_path: Path, dead_runs: list[uuid.UUID], rejects_dir: Path | None = None) -> None:
     for run in dead_runs:
-        (csv_path.parent / f".{csv_path.name}.{run.hex[:12]}.snapshot").unlink(missing_ok=True)
+        for folder in (csv_path.parent, rejects_dir):
+            if folder is not None:
+                try:
+                    (folder / f".{csv_path.name}.{run.hex[:12]}.snapshot").unlink(missing_ok=True)
+                except OSError:
+                    pass
 
 
 def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
     """Errors name the user's file, not the run's snapshot of it."""
-    return dataclasses.replace(exc, path=plan.csv_path) if Path(exc.path) == plan.snapshot else exc
+    snapshots = (plan._snapshot_beside, plan._snapshot_aside)
+    return dataclasses.replace(exc, path=plan.csv_path) if Path(exc.path) in snapshots else exc
 
 
 def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, rejects_dir: Path,
@@ -152,7 +175,7 @@ def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
         dead_runs = state.fail_stale_runs(conn, plan.spec.name)
         for dead in dead_runs:
             conn.execute(merge.drop_staging(merge.staging_name(plan.spec.name, dead.hex)))
-        drop_stale_snapshots(plan.csv_path, dead_runs)
+        drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
         state.start_run(conn, plan.run_id, plan.spec.name, kind, current.version, str(plan.csv_path))
         conn.execute(merge.create_staging(plan.spec, plan.staging))
         return current.version
@@ -304,7 +327,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         dead_runs = state.fail_stale_runs(conn, spec.name, before=plan.run_id)
         for dead in dead_runs:
             conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
-        drop_stale_snapshots(plan.csv_path, dead_runs)
+        drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
         conn.execute(merge.drop_staging(stg))
         return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=inserted,
                           updated=updated, deleted=deleted,
