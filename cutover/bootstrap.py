@@ -15,7 +15,7 @@ from cutover.errors import SchemaDrift
 from cutover.spec import TableSpec
 
 BOOTSTRAP_LOCK = 0x6375746F  # 'cuto'
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 ROLES_SQL = """
 do $$
@@ -131,6 +131,8 @@ create table if not exists cutover.validation_reports (
 create index if not exists validation_reports_table_idx on cutover.validation_reports (table_name, created_at desc);
 alter table cutover.phase_history add column if not exists outcome text not null default 'done';
 alter table cutover.runs add column if not exists merged_version bigint;  -- the data_version a sync left
+-- what else a sync's outcome depended on: the spec and the parents' data (see cutover.sync.basis)
+alter table cutover.runs add column if not exists basis text;
 create table if not exists cutover.change_log (
   id          bigserial primary key,
   table_name  text not null,
@@ -240,6 +242,7 @@ def bootstrap(conn: psycopg.Connection, specs: dict[str, TableSpec]) -> None:
             conn.execute(stmt)
         for stmt in ddl.security(spec, specs):
             conn.execute(stmt)
+        conn.execute(ddl.write_version(spec))
 
 
 def is_bootstrapped(conn: psycopg.Connection) -> bool:

@@ -128,6 +128,14 @@ def change_capture(spec: TableSpec) -> list[sql.Composed]:
     ]
 
 
+def write_version(spec: TableSpec) -> sql.Composed:
+    """A statement trigger, present in every phase, that bumps the table's data_version on any write.
+    A sync may then skip a CSV it has already merged: no write can have reached the table unseen.
+    (From dual_write on, change capture bumps it too; a version counts writes, so twice is harmless.)"""
+    return sql.SQL("create or replace trigger cutover_write_version after insert or update or delete or truncate"
+                   " on {} for each statement execute function cutover.bump_data_version()").format(target(spec))
+
+
 def drop_change_capture(spec: TableSpec) -> list[sql.Composed]:
     t = target(spec)
     return [sql.SQL("drop trigger if exists cutover_capture on {}").format(t),

@@ -10,21 +10,15 @@ every reason, including the report's failing checks.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import psycopg
 
-from cutover import report, state
+from cutover import csvscan, report, state
 from cutover.errors import GateRefused
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+file_sha256 = csvscan.file_sha256  # what a report and the gate compare
 
 
 def reasons_to_refuse(current: state.TableState, latest: report.Report | None, csv_sha256: str | None) -> list[str]:

@@ -15,12 +15,17 @@ pool). The guarantees do not depend on who runs the steps:
 - each batch's load is one transaction, retried as a unit on transient errors, and idempotent;
 - the run reads a frozen snapshot of the CSV: ``scan`` hard-links the file under a private name, so
   an application that replaces the CSV meanwhile (atomically, by rename) cannot shift the bytes
-  under the batches' offsets; the link is removed when the run ends.
+  under the batches' offsets; the link is removed when the run ends;
+- a CSV identical (sha256) to the one the table's last successful sync merged, under the same
+  ``basis`` (spec, parents' data), with no write to the table since (every write bumps its
+  data_version), is not loaded again: ``skip_unchanged`` records a run that changed nothing, with
+  the previous run's counts and rejects, in one transaction under the table's lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import os
@@ -131,6 +136,13 @@ def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, r
         allow_mass_delete=allow_mass_delete, actor=actor)
 
 
+def basis(conn: psycopg.Connection, spec: TableSpec) -> str:
+    """What a sync's outcome depends on besides the CSV's bytes: the spec (types, rules) and, for a
+    table with foreign keys, its parents' data (an approval whose lead is gone is rejected)."""
+    parents = sorted((p, state.get_state(conn, p).data_version) for p in spec.parents)
+    return hashlib.sha256(repr((dataclasses.replace(spec, source=None), parents)).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class BatchResult:
     index: int
@@ -156,6 +168,69 @@ class SyncResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+LAST_MERGE = """select r.run_id, r.csv_sha256, r.csv_bytes, r.basis, r.merged_version, r.rows_read, r.rows_loaded,
+                      r.rows_rejected
+                 from cutover.runs r
+                where r.table_name = %s and r.kind = 'sync' and r.status = 'succeeded'
+                order by r.finished_at desc limit 1"""
+
+
+def skip_unchanged(db: Database, plan: SyncPlan, started: float | None = None) -> SyncResult | None:
+    """The result of a sync that has nothing to do, recorded as a run; None when there is work.
+
+    Cheap checks first (the file's size, without reading it), then the file's sha256, then — in one
+    transaction under the table's lock — that the table's data_version is still the one the last
+    merge left and the basis is the same. The new run copies the last one's counts and rejects
+    (the same bytes under the same rules are rejected for the same reasons, on the same lines)."""
+    started = time.time() if started is None else started
+    spec = plan.spec
+
+    def last(conn: psycopg.Connection):
+        if not bootstrap.schema_is_ready(conn, plan.specs):
+            return None
+        return conn.execute(LAST_MERGE, (spec.name,)).fetchone()
+
+    prior = db.run(last, what=f"last sync of {spec.name}")
+    try:
+        if prior is None or prior[2] != plan.csv_path.stat().st_size:
+            return None
+    except FileNotFoundError:
+        return None  # the full path reports it
+    try:
+        take_snapshot(plan)
+        sha = csvscan.file_sha256(plan.snapshot)
+    finally:
+        drop_snapshot(plan)
+    if sha != prior[1]:
+        return None
+
+    def step(conn: psycopg.Connection) -> SyncResult | None:
+        state.table_lock(conn, spec.name)
+        current = state.get_state(conn, spec.name, for_update=True)
+        row = conn.execute(LAST_MERGE, (spec.name,)).fetchone()
+        if (current.phase not in state.SYNCABLE or row is None or row[1] != sha
+                or row[4] != current.data_version or row[3] != basis(conn, spec)):
+            return None
+        prior_run, read, loaded, rejected = row[0], row[5], row[6], row[7]
+        state.start_run(conn, plan.run_id, spec.name, "sync", current.version, str(plan.csv_path))
+        conn.execute("""insert into cutover.rejects (run_id, line, column_name, value, reason, key)
+                        select %s, line, column_name, value, reason, key from cutover.rejects where run_id = %s""",
+                     (plan.run_id, prior_run))
+        rejects_file = _write_rejects(conn, plan) if rejected else None
+        conn.execute(
+            """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
+                 rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = 0, updated = 0, deleted = 0,
+                 rejects_file = %s, merged_version = %s, basis = %s where run_id = %s""",
+            (sha, row[2], read, loaded, rejected, str(rejects_file) if rejects_file else None,
+             current.data_version, row[3], plan.run_id))
+        return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=0, updated=0,
+                          deleted=0, rejects_file=str(rejects_file) if rejects_file else None,
+                          duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
+                          phase=current.phase)
+
+    return db.run(step, what=f"record unchanged sync of {spec.name}")
 
 
 def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
@@ -321,9 +396,9 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         conn.execute(
             """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
                  rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = %s, updated = %s, deleted = %s,
-                 rejects_file = %s, merged_version = %s where run_id = %s""",
+                 rejects_file = %s, merged_version = %s, basis = %s where run_id = %s""",
             (fscan.sha256, fscan.size, read, loaded, rejected, inserted, updated, deleted,
-             str(rejects_file) if rejects_file else None, new_state.data_version, plan.run_id))
+             str(rejects_file) if rejects_file else None, new_state.data_version, basis(conn, spec), plan.run_id))
         dead_runs = state.fail_stale_runs(conn, spec.name, before=plan.run_id)
         for dead in dead_runs:
             conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
@@ -382,6 +457,8 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2,
              on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult:
     """The whole sync in this process (what ``cutover sync`` runs)."""
     started = time.time()
+    if (nothing_to_do := skip_unchanged(db, plan, started)) is not None:
+        return nothing_to_do
     base_version = begin(db, plan)
     try:
         fscan = scan(plan)

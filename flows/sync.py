@@ -16,22 +16,26 @@ from cutover.spec import select_tables
 from cutover.state import SYNCABLE
 from tasks import resources
 from tasks.artifacts import publish_counts
-from tasks.sync import abort_sync, begin_sync, load_batch, merge_sync, plan_sync, scan_csv, table_phases
+from tasks.sync import (abort_sync, begin_sync, load_batch, merge_sync, plan_sync, scan_csv, skip_unchanged,
+                        table_phases)
 
 
 @flow(name="sync-table", flow_run_name="sync {table}")
 def sync_table(table: str, csv: str | None = None, allow_mass_delete: bool = False) -> dict:
-    """One table: plan, begin, scan, load the batches (mapped), merge in one transaction."""
+    """One table: plan, begin, scan, load the batches (mapped), merge in one transaction — unless the
+    CSV is the one already merged."""
     started = time.time()
     plan = plan_sync(table, csv, allow_mass_delete)
-    base_version = begin_sync(plan)
-    try:
-        fscan = scan_csv(plan)
-        loads = load_batch.map(unmapped(plan), unmapped(fscan.header), fscan.batches)
-        result = merge_sync(plan, fscan, loads.result(), base_version, started)
-    except BaseException as exc:
-        abort_sync(plan, f"{type(exc).__name__}: {exc}")
-        raise
+    result = skip_unchanged(plan, started)
+    if result is None:
+        base_version = begin_sync(plan)
+        try:
+            fscan = scan_csv(plan)
+            loads = load_batch.map(unmapped(plan), unmapped(fscan.header), fscan.batches)
+            result = merge_sync(plan, fscan, loads.result(), base_version, started)
+        except BaseException as exc:
+            abort_sync(plan, f"{type(exc).__name__}: {exc}")
+            raise
     get_run_logger().info("%s: read %d, loaded %d, rejected %d; +%d ~%d -%d", table, result.read, result.loaded,
                           result.rejected, result.inserted, result.updated, result.deleted)
     return result.as_dict()

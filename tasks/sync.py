@@ -64,6 +64,12 @@ def plan_sync(table: str, csv: str | None = None, allow_mass_delete: bool = Fals
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient_failure)
+def skip_unchanged(plan: core.SyncPlan, started: float) -> core.SyncResult | None:
+    """A run that changed nothing when the CSV is the one already merged (see ``cutover.sync``)."""
+    return core.skip_unchanged(resources.database(), plan, started)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient_failure)
 def begin_sync(plan: core.SyncPlan) -> int:
     return core.begin(resources.database(), plan)
 

@@ -37,10 +37,8 @@ from psycopg import errors as pgerr
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cutover import operate
-from tests.csvdata import AGENT, OTHER_AGENT, lead, write_csv
+from tests.csvdata import AGENT, APPROVAL_COLUMNS, OTHER_AGENT, approval, lead, write_csv
 
-APPROVAL_COLUMNS = ("id", "lead_id", "channel", "draft", "status", "reviewer", "decided_at", "created_at",
-                    "updated_at")
 OWN_LEAD = lead(1)["id"]  # AGENT's: the probed lead
 OTHERS_LEAD = lead(2)["id"]  # OTHER_AGENT's
 OWN_APPROVAL = str(uuid.uuid5(uuid.NAMESPACE_URL, "approval-1"))  # on OWN_LEAD
@@ -56,14 +54,6 @@ ROLES = {  # name → (database role, JWT sub)
 OPS = ("select", "insert", "update", "delete")
 OBJECTS = ("leads", "approvals", "cutover.table_state", "cutover.change_log")
 PHASES = ("mirror", "dual_write")
-
-
-def _approval(i: int, lead_id: str, **kw):
-    row = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"approval-{i}")), "lead_id": lead_id, "channel": "email",
-           "draft": f"Hi {i}, ...", "status": "pending", "reviewer": None, "decided_at": None,
-           "created_at": "2025-03-03T09:00:00Z", "updated_at": "2025-03-03T09:00:00Z"}
-    row.update(kw)
-    return row
 
 
 NEW_LEAD_SQL = ("insert into public.leads (id, created_at, updated_at, first_name, last_name, email, status, agent_id)"
@@ -116,7 +106,7 @@ def phased(request, pg_server, tmp_path_factory):
     leads = [lead(1), lead(2, agent_id=OTHER_AGENT), lead(3), lead(4, agent_id=OTHER_AGENT)]
     write_csv(work / "data" / "leads.csv", leads)
     write_csv(work / "data" / "approvals.csv",
-              [_approval(1, OWN_LEAD), _approval(2, OTHERS_LEAD), _approval(3, lead(3)["id"])],
+              [approval(1, OWN_LEAD), approval(2, OTHERS_LEAD), approval(3, lead(3)["id"])],
               columns=APPROVAL_COLUMNS)
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {"SUPABASE_DB_URL": conninfo, "CUTOVER_HOME": str(work / "home"),

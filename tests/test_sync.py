@@ -19,7 +19,7 @@ from cutover import sync as engine
 from cutover.errors import ConcurrentChange, MassDeleteRefused, PhaseError
 from cutover.export import export_table
 from tests.conftest import ROOT
-from tests.csvdata import lead, write_csv
+from tests.csvdata import APPROVAL_COLUMNS, approval, lead, write_csv
 
 EDGE_TEXT = [
     'quotes "inside", commas, and a trailing space ',
@@ -81,6 +81,24 @@ def test_round_trip_is_exact_for_every_column_type(db, settings, specs, tmp_path
     assert (again.inserted, again.updated, again.deleted, again.rejected) == (0, 0, 0, 0)
 
 
+def test_timestamps_mean_the_same_instant_whichever_way_they_are_typed(db, settings, specs, tmp_path, sql):
+    # the common shape goes to PostgreSQL as written, every other one in UTC (cutover.coerce)
+    stamps = ["2025-03-01T10:00:00Z", "2025-03-01T10:00:00.5Z", "2025-03-01T10:00:00.000001+14:00",
+              "2025-03-01T10:00:00-12:30", "2025-03-01T10:00:00+15:00", "2025-03-01T10:00:00+23:59",
+              "2025-03-01T10:00:00-00:00", "2025-03-01 10:00:00+02:00", "2025-03-01T10:00:00",
+              "0001-01-01T12:00:00Z", "9999-12-31T10:00:00Z", "0001-01-01T00:00:00+00:01", "2025-02-29T10:00:00Z"]
+    rows = [lead(i, created_at=stamp) for i, stamp in enumerate(stamps)]
+    result = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", rows))
+    got = dict(sql("select first_name, created_at from public.leads"))
+    reasons = dict(sql("select value, reason from cutover.rejects where run_id = %s", (result.run_id,)))
+    assert reasons == {"0001-01-01T00:00:00+00:01": "out of range: the instant in UTC must fall in years 0001-9999",
+                       "2025-02-29T10:00:00Z": "impossible date or time"}
+    for row, stamp in zip(rows, stamps):
+        if stamp not in reasons:
+            want = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            assert got[row["first_name"]] == (want if want.tzinfo else want.replace(tzinfo=timezone.utc)), stamp
+
+
 def test_resync_applies_inserts_updates_and_deletes_then_rerun_touches_nothing(db, settings, specs, tmp_path, sql):
     rows = [lead(i) for i in range(40)]
     src = write_csv(tmp_path / "leads.csv", rows)
@@ -98,11 +116,55 @@ def test_resync_applies_inserts_updates_and_deletes_then_rerun_touches_nothing(d
     assert sql("select count(*) from public.leads") == [(40,)]
 
     xmin_before = sql("select sum(xmin::text::bigint) from public.leads")
+    write_csv(src, rows[::-1])  # other bytes, same rows: a full load that changes nothing
     third = _sync(db, settings, specs, src)
-    assert (third.inserted, third.updated, third.deleted) == (0, 0, 0)
+    assert (third.inserted, third.updated, third.deleted, third.loaded) == (0, 0, 0, 40)
     assert sql("select sum(xmin::text::bigint) from public.leads") == xmin_before  # no row rewritten
     versions = sql("select version, data_version from cutover.table_state where table_name = 'leads'")
-    assert versions == [(3, 2)]  # every merge bumps version; only real changes bump data_version
+    assert versions[0][0] == 3  # every merge bumps version
+
+    fourth = _sync(db, settings, specs, src)  # the very bytes merged last: nothing is loaded
+    assert (fourth.read, fourth.loaded, fourth.inserted, fourth.updated, fourth.deleted) == (40, 40, 0, 0, 0)
+    assert sql("select version, data_version from cutover.table_state where table_name = 'leads'") == versions
+    assert sql("select sum(xmin::text::bigint) from public.leads") == xmin_before
+    assert sql("select count(*), count(*) filter (where status = 'succeeded' and merged_version = %s)"
+               " from cutover.runs where table_name = 'leads'", (versions[0][1],)) == [(4, 2)]
+
+
+def test_an_unchanged_csv_is_loaded_again_after_any_write_to_the_table(db, settings, specs, tmp_path, sql):
+    rows = [lead(i) for i in range(10)]
+    rows[4]["budget"] = "not money"
+    src = write_csv(tmp_path / "leads.csv", rows)
+    first = _sync(db, settings, specs, src)
+    again = _sync(db, settings, specs, src)
+    assert (again.read, again.loaded, again.rejected) == (first.read, first.loaded, first.rejected) == (10, 9, 1)
+    assert again.rejects_file != first.rejects_file
+    with open(first.rejects_file) as a, open(again.rejects_file) as b:  # same reasons, same lines
+        assert a.read() == b.read()
+    assert sql("select count(*) from cutover.rejects r join cutover.runs u using (run_id)"
+               " where u.run_id = %s", (again.run_id,)) == [(1,)]
+
+    for write in ("delete from public.leads where id = %s", "update public.leads set notes = 'edited' where id = %s"):
+        sql(write, (rows[2]["id"],))  # behind cutover's back (the owner may)
+        fixed = _sync(db, settings, specs, src)
+        assert (fixed.inserted + fixed.updated, fixed.loaded) == (1, 9), write
+        assert sql("select notes from public.leads where id = %s", (rows[2]["id"],)) == [(rows[2]["notes"],)]
+    sql("truncate public.leads cascade")
+    assert _sync(db, settings, specs, src).inserted == 9
+
+
+def test_an_unchanged_child_csv_is_loaded_again_when_its_parent_changed(db, settings, specs, tmp_path, sql):
+    leads = [lead(i) for i in range(3)]
+    leads_csv = write_csv(tmp_path / "leads.csv", leads)
+    approvals_csv = write_csv(tmp_path / "approvals.csv", [approval(i, leads[i]["id"]) for i in range(3)],
+                              columns=APPROVAL_COLUMNS)
+    _sync(db, settings, specs, leads_csv)
+    assert _sync(db, settings, specs, approvals_csv, table="approvals").loaded == 3
+    write_csv(leads_csv, leads[:2])
+    _sync(db, settings, specs, leads_csv, allow_mass_delete=True)
+    # the same approvals file: its third row lost its lead, which only a real load can tell
+    again = _sync(db, settings, specs, approvals_csv, table="approvals")
+    assert (again.loaded, again.rejected) == (2, 1)
 
 
 def test_a_rejected_row_keeps_its_previous_version(db, settings, specs, tmp_path, sql):
