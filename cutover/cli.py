@@ -103,18 +103,24 @@ def sync(
     """Load the table's CSV into its mirror: insert, update and delete to match it exactly."""
     settings = _settings()
     with _reporting(as_json, settings):
-        from cutover import sync as engine
         from cutover.db import connect
+        from cutover.syncplan import plan_sync
+        from cutover.unchanged import skip_unchanged
 
         spec, specs = _spec(settings, table)
-        plan = engine.plan_sync(
+        plan = plan_sync(
             spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
             batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
             allow_mass_delete=allow_mass_delete, actor="cli")
         if not plan.csv_path.exists():
             raise CutoverError(f"{plan.csv_path}: no such file")
-        with connect(settings) as db, _progress(not as_json, plan.csv_path) as progress:
-            result = engine.run_sync(db, plan, workers=settings.workers, **progress)
+        with connect(settings) as db:
+            result = skip_unchanged(db, plan)  # before importing the loader: a no-op sync starts fast
+            if result is None:
+                from cutover import sync as engine
+
+                with _progress(not as_json, plan.csv_path) as progress:
+                    result = engine.run_sync(db, plan, workers=settings.workers, check_unchanged=False, **progress)
         r = result.as_dict()
         keys = ("table", "read", "loaded", "rejected", "inserted", "updated", "deleted", "rejects_file",
                 "duration_s", "run_id", "phase")

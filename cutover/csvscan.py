@@ -60,15 +60,6 @@ class FileScan:
     batches: tuple[Batch, ...]
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256, streamed: how runs, reports and the gate name the exact bytes they saw."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _line_and_column(data: bytes, offset: int, first_line: int) -> tuple[int, int]:
     """1-based line and character column of ``offset`` in ``data`` (which starts at ``first_line``)."""
     line_start = data.rfind(b"\n", 0, offset) + 1

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import psycopg
 
-from cutover import csvscan, report, state
+from cutover import report, state
 from cutover.errors import GateRefused
-
-
-file_sha256 = csvscan.file_sha256  # what a report and the gate compare
+from cutover.fingerprint import file_sha256
 
 
 def reasons_to_refuse(current: state.TableState, latest: report.Report | None, csv_sha256: str | None) -> list[str]:

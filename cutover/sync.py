@@ -24,17 +24,11 @@ pool). The guarantees do not depend on who runs the steps:
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 import logging
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,195 +36,17 @@ import psycopg
 import polars as pl
 
 from cutover import bootstrap, csvscan, merge, state
-from cutover.atomic import atomic_write
 from cutover.coerce import coerce
+from cutover.fingerprint import basis
 from cutover.db import Database
 from cutover.errors import ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StructuralError
-from cutover.spec import TableSpec
+# the plan and results are the steps' API: callers name them through this module too
+from cutover.syncplan import (BatchResult, SyncPlan, SyncResult, _as_source, drop_snapshot,  # noqa: F401
+                              drop_stale_snapshots, plan_sync, take_snapshot, write_rejects_file)
+from cutover.unchanged import skip_unchanged
 
 log = logging.getLogger("cutover.sync")
 MAX_REJECT_VALUE = 500  # characters of a rejected value kept in the rejects table and file
-
-
-@dataclass(frozen=True)
-class SyncPlan:
-    """What a sync will do; built with no I/O."""
-
-    spec: TableSpec
-    specs: dict[str, TableSpec]
-    csv_path: Path
-    run_id: uuid.UUID
-    staging: str
-    rejects_file: Path
-    batch_bytes: int
-    mass_delete_threshold: float
-    allow_mass_delete: bool
-    actor: str
-
-    @property
-    def snapshot(self) -> Path:
-        """The run's frozen view of the CSV (see ``take_snapshot``)."""
-        beside = self._snapshot_beside
-        return beside if beside.exists() else self._snapshot_aside
-
-    @property
-    def _snapshot_beside(self) -> Path:
-        return self.csv_path.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
-
-    @property
-    def _snapshot_aside(self) -> Path:  # in cutover's own home, for a read-only CSV store
-        return self.rejects_file.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
-
-
-def take_snapshot(plan: SyncPlan) -> None:
-    """Freeze the CSV for this run: writers replace the file by rename, so a hard link beside it keeps
-    exactly the bytes the scan sees. Where the store cannot take a link (read-only, no hard links),
-    a copy goes to cutover's home instead."""
-    if plan._snapshot_beside.exists() or plan._snapshot_aside.exists():
-        return
-    try:
-        os.link(plan.csv_path, plan._snapshot_beside)
-        return
-    except FileNotFoundError:
-        raise
-    except OSError:
-        pass
-    plan._snapshot_aside.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(plan.csv_path, plan._snapshot_aside)
-
-
-def drop_snapshot(plan: SyncPlan) -> None:
-    for path in (plan._snapshot_beside, plan._snapshot_aside):
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:  # never mask the error being reported; a later run reaps it
-            pass
-
-
-def drop_stale_snapshots(csv_path: Path, dead_runs: list[uuid.UUID], rejects_dir: Path | None = None) -> None:
-    for run in dead_runs:
-        for folder in (csv_path.parent, rejects_dir):
-            if folder is not None:
-                try:
-                    (folder / f".{csv_path.name}.{run.hex[:12]}.snapshot").unlink(missing_ok=True)
-                except OSError:
-                    pass
-
-
-def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
-    """Errors name the user's file, not the run's snapshot of it."""
-    snapshots = (plan._snapshot_beside, plan._snapshot_aside)
-    return dataclasses.replace(exc, path=plan.csv_path) if Path(exc.path) in snapshots else exc
-
-
-def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, rejects_dir: Path,
-              batch_bytes: int, mass_delete_threshold: float, allow_mass_delete: bool = False,
-              actor: str = "cutover") -> SyncPlan:
-    run_id = uuid.uuid4()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return SyncPlan(
-        spec=spec, specs=specs, csv_path=Path(csv_path).resolve(), run_id=run_id,
-        staging=merge.staging_name(spec.name, run_id.hex),
-        rejects_file=Path(rejects_dir) / f"{spec.name}-{stamp}-{run_id.hex[:8]}.csv",
-        batch_bytes=batch_bytes, mass_delete_threshold=mass_delete_threshold,
-        allow_mass_delete=allow_mass_delete, actor=actor)
-
-
-def basis(conn: psycopg.Connection, spec: TableSpec) -> str:
-    """What a sync's outcome depends on besides the CSV's bytes: the spec (types, rules) and, for a
-    table with foreign keys, its parents' data (an approval whose lead is gone is rejected)."""
-    parents = sorted((p, state.get_state(conn, p).data_version) for p in spec.parents)
-    return hashlib.sha256(repr((dataclasses.replace(spec, source=None), parents)).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    index: int
-    read: int
-    staged: int
-    rejected: int
-    bytes: int
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    table: str
-    read: int
-    loaded: int
-    rejected: int
-    inserted: int
-    updated: int
-    deleted: int
-    rejects_file: str | None
-    duration_s: float
-    run_id: str
-    phase: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-LAST_MERGE = """select r.run_id, r.csv_sha256, r.csv_bytes, r.basis, r.merged_version, r.rows_read, r.rows_loaded,
-                      r.rows_rejected
-                 from cutover.runs r
-                where r.table_name = %s and r.kind = 'sync' and r.status = 'succeeded'
-                order by r.finished_at desc limit 1"""
-
-
-def skip_unchanged(db: Database, plan: SyncPlan, started: float | None = None) -> SyncResult | None:
-    """The result of a sync that has nothing to do, recorded as a run; None when there is work.
-
-    Cheap checks first (the file's size, without reading it), then the file's sha256, then — in one
-    transaction under the table's lock — that the table's data_version is still the one the last
-    merge left and the basis is the same. The new run copies the last one's counts and rejects
-    (the same bytes under the same rules are rejected for the same reasons, on the same lines)."""
-    started = time.time() if started is None else started
-    spec = plan.spec
-
-    def last(conn: psycopg.Connection):
-        if not bootstrap.schema_is_ready(conn, plan.specs):
-            return None
-        return conn.execute(LAST_MERGE, (spec.name,)).fetchone()
-
-    prior = db.run(last, what=f"last sync of {spec.name}")
-    try:
-        if prior is None or prior[2] != plan.csv_path.stat().st_size:
-            return None
-    except FileNotFoundError:
-        return None  # the full path reports it
-    try:
-        take_snapshot(plan)
-        sha = csvscan.file_sha256(plan.snapshot)
-    finally:
-        drop_snapshot(plan)
-    if sha != prior[1]:
-        return None
-
-    def step(conn: psycopg.Connection) -> SyncResult | None:
-        state.table_lock(conn, spec.name)
-        current = state.get_state(conn, spec.name, for_update=True)
-        row = conn.execute(LAST_MERGE, (spec.name,)).fetchone()
-        if (current.phase not in state.SYNCABLE or row is None or row[1] != sha
-                or row[4] != current.data_version or row[3] != basis(conn, spec)):
-            return None
-        prior_run, read, loaded, rejected = row[0], row[5], row[6], row[7]
-        state.start_run(conn, plan.run_id, spec.name, "sync", current.version, str(plan.csv_path))
-        conn.execute("""insert into cutover.rejects (run_id, line, column_name, value, reason, key)
-                        select %s, line, column_name, value, reason, key from cutover.rejects where run_id = %s""",
-                     (plan.run_id, prior_run))
-        rejects_file = _write_rejects(conn, plan) if rejected else None
-        conn.execute(
-            """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
-                 rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = 0, updated = 0, deleted = 0,
-                 rejects_file = %s, merged_version = %s, basis = %s where run_id = %s""",
-            (sha, row[2], read, loaded, rejected, str(rejects_file) if rejects_file else None,
-             current.data_version, row[3], plan.run_id))
-        return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=0, updated=0,
-                          deleted=0, rejects_file=str(rejects_file) if rejects_file else None,
-                          duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
-                          phase=current.phase)
-
-    return db.run(step, what=f"record unchanged sync of {spec.name}")
 
 
 def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
@@ -392,7 +208,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         if current.phase is None:  # record_merge put the table in mirror: say so in its history
             state.append_history(conn, spec.name, None, "mirror", actor=plan.actor, reason="first full load",
                             started_at=datetime.fromtimestamp(started, timezone.utc), run_id=plan.run_id)
-        rejects_file = _write_rejects(conn, plan) if rejected else None
+        rejects_file = write_rejects_file(conn, plan) if rejected else None
         conn.execute(
             """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
                  rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = %s, updated = %s, deleted = %s,
@@ -413,15 +229,6 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
     result = db.run(step, what=f"merge {spec.name}")
     drop_snapshot(plan)
     return result
-
-
-def _write_rejects(conn: psycopg.Connection, plan: SyncPlan) -> Path:
-    # Written inside the merge transaction, before commit: a committed run always has its file.
-    with atomic_write(plan.rejects_file) as f, conn.cursor() as cur:
-        with cur.copy(merge.export_rejects().format(run=psycopg.sql.Literal(str(plan.run_id)))) as cp:
-            for chunk in cp:
-                f.write(chunk)
-    return plan.rejects_file
 
 
 def abort(db: Database, plan: SyncPlan, error: BaseException) -> None:
@@ -452,12 +259,12 @@ def thread_map(workers: int) -> MapBatches:
     return run
 
 
-def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2,
+def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged: bool = True,
              on_scan: Callable[[csvscan.FileScan], None] | None = None,
              on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult:
     """The whole sync in this process (what ``cutover sync`` runs)."""
     started = time.time()
-    if (nothing_to_do := skip_unchanged(db, plan, started)) is not None:
+    if check_unchanged and (nothing_to_do := skip_unchanged(db, plan, started)) is not None:
         return nothing_to_do
     base_version = begin(db, plan)
     try:

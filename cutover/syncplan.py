@@ -1,0 +1,144 @@
+"""A sync run's plan and results: plain values, built with no I/O, that every step receives.
+
+A plan names everything a run will touch — its staging table, its rejects file, its frozen snapshot
+of the CSV — so that steps running in different threads, processes or Dask workers agree without
+talking to each other. The snapshot helpers are here because the plan names the snapshot: writers
+replace the CSV by rename, so a hard link keeps exactly the bytes a run reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+
+from cutover import merge
+from cutover.atomic import atomic_write
+from cutover.errors import StructuralError
+from cutover.spec import TableSpec
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What a sync will do; built with no I/O."""
+
+    spec: TableSpec
+    specs: dict[str, TableSpec]
+    csv_path: Path
+    run_id: uuid.UUID
+    staging: str
+    rejects_file: Path
+    batch_bytes: int
+    mass_delete_threshold: float
+    allow_mass_delete: bool
+    actor: str
+
+    @property
+    def snapshot(self) -> Path:
+        """The run's frozen view of the CSV (see ``take_snapshot``)."""
+        beside = self._snapshot_beside
+        return beside if beside.exists() else self._snapshot_aside
+
+    @property
+    def _snapshot_beside(self) -> Path:
+        return self.csv_path.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
+
+    @property
+    def _snapshot_aside(self) -> Path:  # in cutover's own home, for a read-only CSV store
+        return self.rejects_file.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
+
+
+def take_snapshot(plan: SyncPlan) -> None:
+    """Freeze the CSV for this run: writers replace the file by rename, so a hard link beside it keeps
+    exactly the bytes the scan sees. Where the store cannot take a link (read-only, no hard links),
+    a copy goes to cutover's home instead."""
+    if plan._snapshot_beside.exists() or plan._snapshot_aside.exists():
+        return
+    try:
+        os.link(plan.csv_path, plan._snapshot_beside)
+        return
+    except FileNotFoundError:
+        raise
+    except OSError:
+        pass
+    plan._snapshot_aside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(plan.csv_path, plan._snapshot_aside)
+
+
+def drop_snapshot(plan: SyncPlan) -> None:
+    for path in (plan._snapshot_beside, plan._snapshot_aside):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # never mask the error being reported; a later run reaps it
+            pass
+
+
+def drop_stale_snapshots(csv_path: Path, dead_runs: list[uuid.UUID], rejects_dir: Path | None = None) -> None:
+    for run in dead_runs:
+        for folder in (csv_path.parent, rejects_dir):
+            if folder is not None:
+                try:
+                    (folder / f".{csv_path.name}.{run.hex[:12]}.snapshot").unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+
+def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
+    """Errors name the user's file, not the run's snapshot of it."""
+    snapshots = (plan._snapshot_beside, plan._snapshot_aside)
+    return dataclasses.replace(exc, path=plan.csv_path) if Path(exc.path) in snapshots else exc
+
+
+def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, rejects_dir: Path,
+              batch_bytes: int, mass_delete_threshold: float, allow_mass_delete: bool = False,
+              actor: str = "cutover") -> SyncPlan:
+    run_id = uuid.uuid4()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return SyncPlan(
+        spec=spec, specs=specs, csv_path=Path(csv_path).resolve(), run_id=run_id,
+        staging=merge.staging_name(spec.name, run_id.hex),
+        rejects_file=Path(rejects_dir) / f"{spec.name}-{stamp}-{run_id.hex[:8]}.csv",
+        batch_bytes=batch_bytes, mass_delete_threshold=mass_delete_threshold,
+        allow_mass_delete=allow_mass_delete, actor=actor)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    index: int
+    read: int
+    staged: int
+    rejected: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    table: str
+    read: int
+    loaded: int
+    rejected: int
+    inserted: int
+    updated: int
+    deleted: int
+    rejects_file: str | None
+    duration_s: float
+    run_id: str
+    phase: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_rejects_file(conn: psycopg.Connection, plan: SyncPlan) -> Path:
+    # Written inside the merge transaction, before commit: a committed run always has its file.
+    with atomic_write(plan.rejects_file) as f, conn.cursor() as cur:
+        with cur.copy(merge.export_rejects().format(run=psycopg.sql.Literal(str(plan.run_id)))) as cp:
+            for chunk in cp:
+                f.write(chunk)
+    return plan.rejects_file
