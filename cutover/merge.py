@@ -71,22 +71,28 @@ def forget_batch(staging: str) -> sql.Composed:
 
 
 def reject_duplicates(spec: TableSpec, staging: str) -> sql.Composed:
+    # Grouped by the key's own type (a uuid hashes and compares as 16 bytes, not 36 characters of
+    # text); rejects hold keys as text, and there are few of them.
     pk, stg = ident(spec.primary_key), ident("cutover", staging)
     return sql.SQL("""
-with keys as (
-  select {pk}::text as k, _line as line from {stg}
-  union all
-  select key, line from cutover.rejects where run_id = %(run)s and key is not null
-), dup as (
-  select k, count(*) as n, string_agg(line::text, ', ' order by line) as lines
-  from keys group by k having count(*) > 1
+with dup_keys as (
+  select {pk} as k from {stg} group by {pk} having count(*) > 1
+  union
+  select s.{pk} from {stg} s
+  where s.{pk}::text in (select key from cutover.rejects where run_id = %(run)s and key is not null)
 ), moved as (
-  delete from {stg} s using dup d where s.{pk}::text = d.k returning s.{pk}, s._line, d.n, d.lines
+  delete from {stg} s where s.{pk} in (select k from dup_keys) returning s.{pk}::text as k, s._line as line
+), lines as (
+  select k, line from moved
+  union all
+  select key, line from cutover.rejects where run_id = %(run)s and key in (select k from moved)
+), dup as (
+  select k, count(*) as n, string_agg(line::text, ', ' order by line) as lines from lines group by k
 )
 insert into cutover.rejects (run_id, line, column_name, value, reason, key)
-select %(run)s, _line, {pkname}, {pk}::text,
-       format('duplicate primary key: %%s rows of the file share it (lines %%s)', n, lines), {pk}::text
-from moved""").format(pk=pk, stg=stg, pkname=sql.Literal(spec.primary_key))
+select %(run)s, m.line, {pkname}, m.k,
+       format('duplicate primary key: %%s rows of the file share it (lines %%s)', d.n, d.lines), m.k
+from moved m join dup d using (k)""").format(pk=pk, stg=stg, pkname=sql.Literal(spec.primary_key))
 
 
 def reject_orphans(spec: TableSpec, staging: str, specs: dict[str, TableSpec]) -> list[sql.Composed]:

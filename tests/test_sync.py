@@ -99,6 +99,19 @@ def test_timestamps_mean_the_same_instant_whichever_way_they_are_typed(db, setti
             assert got[row["first_name"]] == (want if want.tzinfo else want.replace(tzinfo=timezone.utc)), stamp
 
 
+def test_a_key_shared_by_two_rows_rejects_both_even_when_one_is_rejected_for_another_reason(
+        db, settings, specs, tmp_path, sql):
+    rows = [lead(1), lead(2), lead(1, first_name="Twin"), lead(3), lead(3, budget="lots"), lead(4)]
+    result = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", rows))  # lines 2..7
+    assert (result.read, result.loaded, result.rejected) == (6, 2, 4)
+    reasons = sql("select line, reason from cutover.rejects where run_id = %s order by line", (result.run_id,))
+    assert reasons == [(2, "duplicate primary key: 2 rows of the file share it (lines 2, 4)"),
+                       (4, "duplicate primary key: 2 rows of the file share it (lines 2, 4)"),
+                       (5, "duplicate primary key: 2 rows of the file share it (lines 5, 6)"),
+                       (6, "not a number (plain decimal notation, e.g. 1234.50)")]
+    assert sql("select first_name from public.leads order by first_name") == [("Ana2",), ("Ana4",)]
+
+
 def test_resync_applies_inserts_updates_and_deletes_then_rerun_touches_nothing(db, settings, specs, tmp_path, sql):
     rows = [lead(i) for i in range(40)]
     src = write_csv(tmp_path / "leads.csv", rows)
