@@ -123,7 +123,7 @@ def sync(
                     result = engine.run_sync(db, plan, workers=settings.workers, check_unchanged=False, **progress)
         r = result.as_dict()
         keys = ("table", "read", "loaded", "rejected", "inserted", "updated", "deleted", "rejects_file",
-                "duration_s", "run_id", "phase")
+                "duration_s", "run_id", "phase", "method")
         _emit({k: r[k] for k in keys}, as_json,
               f"{table}: read {r['read']}, loaded {r['loaded']}, rejected {r['rejected']}"
               f" (inserted {r['inserted']}, updated {r['updated']}, deleted {r['deleted']}) in {r['duration_s']}s"

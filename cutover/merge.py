@@ -50,6 +50,27 @@ def copy_into_staging(spec: TableSpec, staging: str) -> sql.Composed:
     return sql.SQL("copy {} ({}) from stdin (format csv)").format(ident("cutover", staging), cols)
 
 
+def copy_into_target(spec: TableSpec) -> sql.Composed:
+    """The first load of an empty table, straight in (see ``cutover.sync.load_into_empty_target``)."""
+    cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
+    return sql.SQL("copy {} ({}) from stdin (format csv)").format(target(spec), cols)
+
+
+def has_rows(spec: TableSpec) -> sql.Composed:
+    return sql.SQL("select exists (select 1 from {})").format(target(spec))
+
+
+def rejected_key_loaded(spec: TableSpec) -> sql.Composed:
+    """Whether a rejected row of the run shares its key with a loaded row (a duplicate key)."""
+    pk = spec.column(spec.primary_key)
+    # a reject's key is a valid uuid or text when it is set (cutover.coerce): cast it, and the
+    # target's key index answers; any other key type is compared as text
+    match = (sql.SQL("t.{pk} = r.key::{typ}").format(pk=ident(pk.name), typ=sql.SQL(pk.sql_type))
+             if pk.type in ("uuid", "text") else sql.SQL("t.{pk}::text = r.key").format(pk=ident(pk.name)))
+    return sql.SQL("select exists (select 1 from cutover.rejects r join {t} t on {match}"
+                   " where r.run_id = %(run)s)").format(t=target(spec), match=match)
+
+
 def analyze_staging(staging: str) -> sql.Composed:
     """Fresh statistics, so the merge's joins are planned for the staged row count (not an empty table)."""
     return sql.SQL("analyze {}").format(ident("cutover", staging))

@@ -25,8 +25,11 @@ pool). The guarantees do not depend on who runs the steps:
 from __future__ import annotations
 
 import io
+import itertools
 import logging
+import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import psycopg
 import polars as pl
+from psycopg import errors as pgerr
 
 from cutover import bootstrap, csvscan, merge, state
 from cutover.coerce import coerce
@@ -204,30 +208,114 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         deleted = conn.execute(merge.delete_missing(spec, stg), params).rowcount
         updated = conn.execute(merge.update_changed(spec, stg)).rowcount
         inserted = conn.execute(merge.insert_new(spec, stg)).rowcount
-        new_state = state.record_merge(conn, spec.name, data_changed=bool(deleted or updated or inserted))
-        if current.phase is None:  # record_merge put the table in mirror: say so in its history
-            state.append_history(conn, spec.name, None, "mirror", actor=plan.actor, reason="first full load",
-                            started_at=datetime.fromtimestamp(started, timezone.utc), run_id=plan.run_id)
-        rejects_file = write_rejects_file(conn, plan) if rejected else None
-        conn.execute(
-            """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
-                 rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = %s, updated = %s, deleted = %s,
-                 rejects_file = %s, merged_version = %s, basis = %s where run_id = %s""",
-            (fscan.sha256, fscan.size, read, loaded, rejected, inserted, updated, deleted,
-             str(rejects_file) if rejects_file else None, new_state.data_version, basis(conn, spec), plan.run_id))
-        dead_runs = state.fail_stale_runs(conn, spec.name, before=plan.run_id)
-        for dead in dead_runs:
-            conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
-        drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
-        conn.execute(merge.drop_staging(stg))
-        return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=inserted,
-                          updated=updated, deleted=deleted,
-                          rejects_file=str(rejects_file) if rejects_file else None,
-                          duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
-                          phase=new_state.phase)
+        return _finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
+                       inserted=inserted, updated=updated, deleted=deleted)
 
     result = db.run(step, what=f"merge {spec.name}")
     drop_snapshot(plan)
+    return result
+
+
+def _finish(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
+            started: float, *, read: int, loaded: int, rejected: int, inserted: int, updated: int,
+            deleted: int, method: str = "staged") -> SyncResult:
+    """The end of a merge, inside its transaction: versions, history, rejects file, the run's record,
+    reaping dead runs and this run's staging."""
+    spec = plan.spec
+    new_state = state.record_merge(conn, spec.name, data_changed=bool(deleted or updated or inserted))
+    if current.phase is None:  # record_merge put the table in mirror: say so in its history
+        state.append_history(conn, spec.name, None, "mirror", actor=plan.actor, reason="first full load",
+                             started_at=datetime.fromtimestamp(started, timezone.utc), run_id=plan.run_id)
+    rejects_file = write_rejects_file(conn, plan) if rejected else None
+    conn.execute(
+        """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
+             rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = %s, updated = %s, deleted = %s,
+             rejects_file = %s, merged_version = %s, basis = %s where run_id = %s""",
+        (fscan.sha256, fscan.size, read, loaded, rejected, inserted, updated, deleted,
+         str(rejects_file) if rejects_file else None, new_state.data_version, basis(conn, spec), plan.run_id))
+    dead_runs = state.fail_stale_runs(conn, spec.name, before=plan.run_id)
+    for dead in dead_runs:
+        conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
+    drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
+    conn.execute(merge.drop_staging(plan.staging))
+    return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=inserted,
+                      updated=updated, deleted=deleted, rejects_file=str(rejects_file) if rejects_file else None,
+                      duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
+                      phase=new_state.phase, method=method)
+
+
+class _NeedsStaging(Exception):
+    """The file has rows the direct load cannot judge (see ``load_into_empty_target``)."""
+
+
+def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvscan.Batch], workers: int):
+    """(batch, COPY bytes, rejects, rows read) in file order, parsed by ``workers`` threads at most
+    that many batches ahead of the consumer: memory stays a few batches, whatever the file's size."""
+    def parse(batch: csvscan.Batch):
+        typed, rejects, read = parse_batch(plan, header, batch)
+        return batch, _csv_bytes(typed.drop("_line")), typed.height, rejects, read
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cutover-parse") as pool:
+        ahead = iter(batches)
+        pending = deque(pool.submit(parse, b) for b in itertools.islice(ahead, max(1, workers)))
+        while pending:
+            done = pending.popleft().result()
+            if (following := next(ahead, None)) is not None:
+                pending.append(pool.submit(parse, following))
+            yield done
+
+
+def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, base_version: int,
+                           started: float, *, workers: int,
+                           on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult | None:
+    """The first load of a table that has no phase and no row, streamed straight into it: ONE COPY in
+    the merge's own transaction, batches parsed by other threads meanwhile — no staging table, no
+    second write of every row. The guarantees are the staging path's (one transaction, read = loaded
+    + rejected). Returns None, having changed nothing, when the file needs the staging path to judge
+    it: a key on two rows or a row whose parent is missing (the table's constraints refuse the COPY),
+    or a rejected row whose key a loaded row has."""
+    spec = plan.spec
+
+    def step(conn: psycopg.Connection) -> SyncResult | None:
+        state.table_lock(conn, spec.name)
+        current = state.get_state(conn, spec.name, for_update=True)
+        if current.version != base_version:
+            raise ConcurrentChange(f"{spec.name} changed while this sync was loading; nothing was applied — rerun")
+        if current.phase is not None or conn.execute(merge.has_rows(spec)).fetchone()[0]:
+            return None
+        read = loaded = rejected = 0
+        # one COPY at a time per connection: rejects wait in a spool file until the rows are in
+        with tempfile.TemporaryFile() as spool:
+            try:
+                with conn.transaction():  # a savepoint: a refused file leaves no trace
+                    with conn.cursor() as cur:
+                        with cur.copy(merge.copy_into_target(spec)) as cp:
+                            for batch, rows, staged, rejects, n in _parsed_in_order(
+                                    plan, fscan.header, list(fscan.batches), workers):
+                                for i in range(0, len(rows), 1 << 20):
+                                    cp.write(rows[i:i + (1 << 20)])
+                                if rejects.height:
+                                    spool.write(_csv_bytes(rejects.select(
+                                        pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
+                                read, loaded, rejected = read + n, loaded + staged, rejected + rejects.height
+                                if on_batch:
+                                    on_batch(BatchResult(batch.index, n, staged, rejects.height,
+                                                         batch.end - batch.start))
+                        if rejected:
+                            spool.seek(0)
+                            with cur.copy(merge.COPY_REJECTS) as cp:
+                                while chunk := spool.read(1 << 20):
+                                    cp.write(chunk)
+                    if rejected and conn.execute(merge.rejected_key_loaded(spec), {"run": plan.run_id}).fetchone()[0]:
+                        raise _NeedsStaging
+            except (pgerr.UniqueViolation, pgerr.ForeignKeyViolation, _NeedsStaging):
+                return None
+        return _finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
+                       inserted=loaded, updated=0, deleted=0, method="direct")
+
+    result = db.run(step, what=f"first load of {spec.name}")
+    if result is not None:
+        drop_snapshot(plan)
     return result
 
 
@@ -271,6 +359,11 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged:
         fscan = scan(plan)
         if on_scan:
             on_scan(fscan)
+        if base_version == 0:  # never merged: perhaps an empty table, loaded straight
+            first = load_into_empty_target(db, plan, fscan, base_version, started, workers=workers,
+                                           on_batch=on_batch)
+            if first is not None:
+                return first
 
         def one(batch: csvscan.Batch) -> BatchResult:
             result = load_batch(db, plan, fscan.header, batch)

@@ -130,6 +130,9 @@ class SyncResult:
     duration_s: float
     run_id: str
     phase: str
+    # how the rows got there: "staged" (staging table, then one merge), "direct" (the first load of an
+    # empty table, one COPY), "unchanged" (the file merged last time: nothing loaded)
+    method: str = "staged"
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -76,6 +76,6 @@ def skip_unchanged(db: Database, plan: SyncPlan, started: float | None = None) -
         return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=0, updated=0,
                           deleted=0, rejects_file=str(rejects_file) if rejects_file else None,
                           duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
-                          phase=current.phase)
+                          phase=current.phase, method="unchanged")
 
     return db.run(step, what=f"record unchanged sync of {spec.name}")

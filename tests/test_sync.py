@@ -112,6 +112,30 @@ def test_a_key_shared_by_two_rows_rejects_both_even_when_one_is_rejected_for_ano
     assert sql("select first_name from public.leads order by first_name") == [("Ana2",), ("Ana4",)]
 
 
+def test_a_first_load_goes_straight_into_the_table_unless_the_file_needs_judging(db, settings, specs, tmp_path, sql):
+    leads = [lead(i) for i in range(6)]
+    first = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", leads + [lead(9, budget="lots")]))
+    assert (first.method, first.read, first.loaded, first.rejected, first.inserted) == ("direct", 7, 6, 1, 6)
+    assert sql("select count(*) from public.leads") == [(6,)]
+    assert sql("select phase, version from cutover.table_state") == [("mirror", 1)]
+    assert sql("select to_phase, reason from cutover.phase_history") == [("mirror", "first full load")]
+    assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%%'") == [(0,)]
+
+    orphan = approval(2, lead(99)["id"])  # its lead is not in the table: the foreign key refuses the COPY
+    approvals = write_csv(tmp_path / "approvals.csv", [approval(1, leads[1]["id"]), orphan],
+                          columns=APPROVAL_COLUMNS)
+    judged = _sync(db, settings, specs, approvals, table="approvals")
+    assert (judged.method, judged.loaded, judged.rejected) == ("staged", 1, 1)
+
+    sql("truncate public.leads cascade; delete from cutover.table_state")
+    for rows in ([lead(1), lead(2), lead(1, first_name="Twin")],  # a key twice: the primary key refuses it
+                 [lead(1), lead(2), lead(1, budget="lots")]):  # a rejected row has a loaded row's key
+        result = _sync(db, settings, specs, write_csv(tmp_path / "dups.csv", rows))
+        assert (result.method, result.loaded, result.rejected) == ("staged", 1, 2), rows
+        assert sql("select count(*) from public.leads") == [(1,)]
+        sql("truncate public.leads cascade; delete from cutover.table_state")
+
+
 def test_resync_applies_inserts_updates_and_deletes_then_rerun_touches_nothing(db, settings, specs, tmp_path, sql):
     rows = [lead(i) for i in range(40)]
     src = write_csv(tmp_path / "leads.csv", rows)
