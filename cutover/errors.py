@@ -39,8 +39,13 @@ class DatabaseUnavailable(CutoverError):
 
 class PoolExhausted(DatabaseUnavailable):
     """Every connection of this process's pool stayed busy for the pool's whole timeout: more concurrent
-    work than ``CUTOVER_POOL_MAX`` allows. The database itself answers, so this is neither retried nor
-    counted by the circuit breaker."""
+    work than ``CUTOVER_POOL_MAX`` allows. The database itself answers, so the circuit breaker does not
+    count it (``Database.run`` retries it, like a transient error)."""
+
+
+class PoolUnreachable(DatabaseUnavailable):
+    """The pool could not open a connection within its timeout; the message carries the server's reason
+    (down, or "too many clients already")."""
 
 
 class WriteFailed(CutoverError, OSError):
