@@ -173,8 +173,8 @@ def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
                 f"{plan.spec.name} is in phase {current.phase}: the database is the source of truth now,"
                 " so the CSV is not synced into it")
         dead_runs = state.fail_stale_runs(conn, plan.spec.name)
-        for dead in dead_runs:
-            conn.execute(merge.drop_staging(merge.staging_name(plan.spec.name, dead.hex)))
+        for stg in state.finished_staging(conn, plan.spec.name, merge.staging_name(plan.spec.name, "")):
+            conn.execute(merge.drop_staging(stg))  # the dead runs' just failed, and any other run's that is over
         drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
         state.start_run(conn, plan.run_id, plan.spec.name, kind, current.version, str(plan.csv_path))
         conn.execute(merge.create_staging(plan.spec, plan.staging))

@@ -556,22 +556,24 @@ def test_sigkill_at_random_moments_of_transitions_soak(env, db_url, tmp_path):
 
 
 def test_a_killed_validation_leaves_no_staging_behind(env, db_url, tmp_path):
-    """A validation killed while its suites run (after staging) leaves its staging table — a full copy
-    of the CSV — which nothing ever drops: the run is already recorded as succeeded, and only running
-    runs are reaped."""
+    """A validation killed while its suites run (after staging) leaves its run ``running`` and its
+    staging table — a full copy of the CSV. While its heartbeat is fresh it may be alive, so a sync
+    keeps it; once the heartbeat is older than ``state.STALE_AFTER`` the next sync marks the run
+    failed and drops the staging."""
     from cutover.samples import generate
+    from cutover.state import STALE_AFTER
 
     run_env = _cli_env(env)
     generate("leads", 2000, Path(env["CUTOVER_DATA_DIR"]) / "leads.csv", seed=404)
     assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+    staging = "select tablename from pg_tables where schemaname = 'cutover' and tablename like 'stg%%'"
     mon = _connect(db_url)
     try:
         proc = _start(["validate", "--table", "leads"], run_env, tmp_path / "logs")
-        try:
-            staged = """select t.tablename from pg_tables t join cutover.runs r
-                          on t.tablename = 'stg_leads_' || left(replace(r.run_id::text, '-', ''), 12)
-                        where t.schemaname = 'cutover' and r.kind = 'validate' and r.status = 'succeeded'"""
-            _wait_for(lambda: _rows(mon, staged), 300, "the validation to finish staging", proc)
+        try:  # the data-only view is created once staging is complete, just before the suites
+            _wait_for(lambda: _rows(mon, "select 1 from pg_views where schemaname = 'cutover'"
+                                         " and viewname like 'stg_leads_%%_data'"), 300,
+                      "the validation to finish staging", proc)
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         finally:
@@ -579,10 +581,19 @@ def test_a_killed_validation_leaves_no_staging_behind(env, db_url, tmp_path):
                 proc.kill()
                 proc.wait()
         _wait_backends_gone(mon)
-        assert _run(["sync", "--table", "leads"], run_env)[0] == 0  # what reaps dead runs' staging
-        left = _rows(mon, "select tablename from pg_tables where schemaname = 'cutover' and tablename like 'stg%%'")
-        if left:
-            pytest.xfail(f"known bug (cutover/validate.py): staging {left} of a killed validation is never dropped")
+        left = _rows(mon, staging)
+        assert len(left) == 1, left
+        run = _rows(mon, "select run_id from cutover.runs where kind = 'validate' and status = 'running'")
+        assert len(run) == 1, "the killed validation's run is not running"
+        assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+        assert _rows(mon, staging) == left  # heartbeat still fresh: it could be alive, it is kept
+        _rows(mon, "update cutover.runs set heartbeat_at = heartbeat_at - %s::interval - interval '1 minute'"
+                   " where run_id = %s", (STALE_AFTER, run[0][0]))  # as if STALE_AFTER had passed
+        assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+        assert _rows(mon, staging) == [], "the dead validation's staging was not dropped"
+        assert _rows(mon, "select count(*) from pg_views where schemaname = 'cutover'") == [(0,)]
+        status, error = _rows(mon, "select status, error from cutover.runs where run_id = %s", (run[0][0],))[0]
+        assert status == "failed" and error.startswith("interrupted: no heartbeat"), (status, error)
     finally:
         mon.close()
 
