@@ -106,15 +106,25 @@ def sync(
         from cutover import sync as engine
         from cutover.db import connect
 
+        from cutover.errors import StagingLost
+
         spec, specs = _spec(settings, table)
-        plan = engine.plan_sync(
-            spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
-            batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
-            allow_mass_delete=allow_mass_delete, actor="cli")
+
+        def plan_it():
+            return engine.plan_sync(
+                spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
+                batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
+                allow_mass_delete=allow_mass_delete, actor="cli")
+
+        plan = plan_it()
         if not plan.csv_path.exists():
             raise CutoverError(f"{plan.csv_path}: no such file")
         with connect(settings) as db, _progress(not as_json, plan.csv_path) as progress:
-            result = engine.run_sync(db, plan, workers=settings.workers, **progress)
+            try:
+                result = engine.run_sync(db, plan, workers=settings.workers, **progress)
+            except StagingLost as lost:  # nothing was applied: stage the file again, once
+                logging.getLogger("cutover.cli").warning("%s; rerunning it", lost)
+                result = engine.run_sync(db, plan_it(), workers=settings.workers, **progress)
         r = result.as_dict()
         keys = ("table", "read", "loaded", "rejected", "inserted", "updated", "deleted", "rejects_file",
                 "duration_s", "run_id", "phase")

@@ -48,6 +48,12 @@ class PoolUnreachable(DatabaseUnavailable):
     (down, or "too many clients already")."""
 
 
+class StagingLost(DatabaseUnavailable):
+    """The database restarted (crashed) while a sync ran: crash recovery empties UNLOGGED tables, so
+    rows its batches had staged are gone. Nothing was applied; a rerun (``cutover sync`` does it once
+    by itself) stages the file again."""
+
+
 class WriteFailed(CutoverError, OSError):
     """A file could not be written (disk full, read-only filesystem, no permission). It is still an
     ``OSError`` (``errno``, ``filename``) for callers that catch those; the message names the file."""

@@ -64,8 +64,9 @@ COPY_REJECTS = sql.SQL("copy cutover.rejects (run_id, line, column_name, value, 
 
 def forget_batch(staging: str) -> sql.Composed:
     """Undo a batch's earlier attempt (a retry after a lost commit acknowledgement)."""
+    # ONE statement: a parameterised query cannot hold two (the server prepares it).
     return sql.SQL(
-        "delete from {} where _line >= %(first)s and _line < %(end)s; "
+        "with staged as (delete from {} where _line >= %(first)s and _line < %(end)s) "
         "delete from cutover.rejects where run_id = %(run)s and line >= %(first)s and line < %(end)s"
     ).format(ident("cutover", staging))
 

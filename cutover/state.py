@@ -112,6 +112,13 @@ def finish_run(conn: psycopg.Connection, run_id: UUID, **counts: int | str | Non
     _update_running(conn, run_id, "status = 'succeeded', finished_at = now()", counts)
 
 
+def restarted_since(conn: psycopg.Connection, run_id: UUID) -> bool:
+    """Whether the server started after the run began (a crash restart resets UNLOGGED tables)."""
+    row = conn.execute("select pg_postmaster_start_time() > started_at from cutover.runs where run_id = %s",
+                       (run_id,)).fetchone()
+    return bool(row and row[0])
+
+
 def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None = None) -> list[UUID]:
     """Mark dead runs of ``table`` failed and return them: those without a recent heartbeat, and,
     when ``before`` is given, every sync still running that started before it (a later merge has

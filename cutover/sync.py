@@ -40,7 +40,8 @@ from cutover import bootstrap, csvscan, merge, state
 from cutover.atomic import atomic_write
 from cutover.coerce import coerce
 from cutover.db import Database
-from cutover.errors import ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StructuralError
+from cutover.errors import (ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StagingLost,
+                            StructuralError)
 from cutover.spec import TableSpec
 
 log = logging.getLogger("cutover.sync")
@@ -303,6 +304,10 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         loaded = conn.execute(merge.count_staged(stg)).fetchone()[0]
         rejected = conn.execute("select count(*) from cutover.rejects where run_id = %(run)s", params).fetchone()[0]
         if read != loaded + rejected:
+            if state.restarted_since(conn, plan.run_id):
+                raise StagingLost(
+                    f"the database restarted during the sync of {spec.name} and its staging was lost"
+                    f" ({loaded + rejected} of {read} rows left); nothing was applied — rerun the sync")
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
         to_delete, total = conn.execute(merge.count_deletes(spec, stg), params).fetchone()
         if total and to_delete > plan.mass_delete_threshold * total and not plan.allow_mass_delete:
