@@ -16,6 +16,8 @@ Contract:
   database answers; this process asked more of its pool than ``CUTOVER_POOL_MAX``. A pool that could
   not connect at all raises ``PoolUnreachable`` with the server's own reason (e.g. "too many
   clients"), retried and counted.
+- A statement that waits longer than the lock timeout for another session's lock raises
+  ``LockTimeout`` (exit 6, not retried: the other work may take long; the caller reruns).
 
 Concurrency: a ``Database`` is safe to share between threads (the pool is); processes each build
 their own through ``connect``.
@@ -36,7 +38,7 @@ from psycopg import errors as pgerr
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from cutover.errors import DatabaseUnavailable, PoolExhausted, PoolUnreachable
+from cutover.errors import DatabaseUnavailable, LockTimeout, PoolExhausted, PoolUnreachable
 from cutover.redact import display_dsn, scrub
 from cutover.settings import Settings
 
@@ -220,6 +222,11 @@ class Database:
                         f" {self._why_not_connected()}; nothing was done")
                     self.breaker.record(ok=False, error=str(unreachable))
                     raise unreachable from exc
+                except pgerr.LockNotAvailable as exc:
+                    raise LockTimeout(
+                        f"{what}: gave up after waiting {self.settings.lock_timeout_s:g}s (CUTOVER_LOCK_TIMEOUT_S)"
+                        " for a lock another session holds (a sync or transition of the same table, or an"
+                        " application transaction); nothing was done — rerun it") from exc
                 except BaseException as exc:
                     if is_transient(exc):
                         self.breaker.record(ok=False, error=self.scrub(str(exc)).strip())

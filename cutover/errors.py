@@ -88,6 +88,11 @@ class ConcurrentChange(CutoverError):
     exit_code = 6
 
 
+class LockTimeout(ConcurrentChange):
+    """A statement waited ``CUTOVER_LOCK_TIMEOUT_S`` for a lock another session held (a merge or
+    transition of the same table, an application transaction) and gave up; nothing was done."""
+
+
 class SchemaDrift(CutoverError):
     """The database table does not match its spec."""
 
