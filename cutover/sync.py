@@ -309,6 +309,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
                     f"the database restarted during the sync of {spec.name} and its staging was lost"
                     f" ({loaded + rejected} of {read} rows left); nothing was applied — rerun the sync")
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
+        conn.execute(merge.keep_newer_writes(spec, stg), params)  # never revert a write made during the run
         to_delete, total = conn.execute(merge.count_deletes(spec, stg), params).fetchone()
         if total and to_delete > plan.mass_delete_threshold * total and not plan.allow_mass_delete:
             raise MassDeleteRefused(

@@ -4,14 +4,19 @@ it), never with sleeps:
 
 - a sync and a rollback of the same table (dual_write → mirror): one proceeds, the other is refused
   with a clear message (exit 6), the phase is whole and CSV and table agree exactly;
-- a merge that waits for the table's lock longer than the lock timeout says so.
+- an application write (through the repositories, to both stores) made while a dual_write sync runs
+  is never reverted by the sync's older snapshot of the CSV.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from cutover import operate
+from cutover.app import repositories
+from cutover.csvstore import CsvStore
 from tests.test_faults import (_cli_env, _connect, _phase_is_whole, _result, _rows, _run, _start, _wait_for,
                                _waiting)
 
@@ -100,6 +105,39 @@ def test_a_rollback_that_commits_first_makes_a_loading_sync_apply_nothing(dual_w
         if sync is not None and sync.poll() is None:
             sync.kill()
             sync.wait()
+        mon.close()
+        holder.close()
+
+
+def test_a_dual_write_sync_never_reverts_an_application_write_made_while_it_ran(dual_write, db_url, settings,
+                                                                                specs, tmp_path):
+    """The sync froze the CSV before the application's write; the write reaches both stores while the
+    sync waits to merge; the merge must not put the snapshot's older row back over it."""
+    from cutover.samples import agent_ids
+
+    run_env = dual_write
+    agent = agent_ids(SEED)[0]
+    key = CsvStore(settings.csv_path("leads"), specs["leads"]).scan({"agent_id": agent}, limit=1)[0]["id"]
+    mon, holder = _connect(db_url), _connect(db_url)
+    app = repositories(settings, agent, specs=specs)
+    sync = None
+    try:
+        holder.execute(TABLE_LOCK)
+        sync = _start(["sync", "--table", "leads"], run_env, tmp_path / "logs")
+        _wait_for(lambda: _waiting(mon, "%advisory%"), 120, "the sync's merge to wait for the table lock", sync)
+        new = app.leads.update(key, lambda r: {**r, "budget": (r["budget"] or Decimal(0)) + 1})["budget"]
+        holder.execute(TABLE_UNLOCK)
+        assert sync.wait(120) == 0, _result(sync)
+        assert _rows(mon, "select budget from public.leads where id = %s", (key,)) == [(new,)], \
+            "the sync reverted the application's write"
+        assert Decimal(CsvStore(settings.csv_path("leads"), specs["leads"]).get(key)["budget"]) == new
+        _settled(mon)
+        _exact(run_env)
+    finally:
+        if sync is not None and sync.poll() is None:
+            sync.kill()
+            sync.wait()
+        app.close()
         mon.close()
         holder.close()
 
