@@ -1111,7 +1111,10 @@ def test_a_pool_that_cannot_connect_says_why(own_env, few_connections, monkeypat
         db.close()
 
 
-@pytest.mark.soak  # failed once in a loaded CI run (cause not yet known): kept to `make soak` until understood
+# Kept to `make soak`: fails about 1 run in 7 (exit 1, "UndefinedTable: relation cutover.stg_leads_… does not
+# exist"): a sync still loading is superseded by another's merge, which drops its staging (sync.merge_run,
+# fail_stale_runs(before=…)); its next COPY then fails instead of reporting exit 6. Fix in cutover/sync.py.
+@pytest.mark.soak
 def test_concurrent_syncs_against_a_server_with_few_connections(own_server, own_env, few_connections, sample_files,
                                                                  tmp_path):
     """Several ``cutover sync`` processes at once against a server allowing 12 connections: with a pool
