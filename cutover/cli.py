@@ -106,12 +106,17 @@ def sync(
         from cutover.db import connect
         from cutover.syncplan import plan_sync
         from cutover.unchanged import skip_unchanged
+        from cutover.errors import StagingLost
 
         spec, specs = _spec(settings, table)
-        plan = plan_sync(
-            spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
-            batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
-            allow_mass_delete=allow_mass_delete, actor="cli")
+
+        def plan_it():
+            return plan_sync(
+                spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
+                batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
+                allow_mass_delete=allow_mass_delete, actor="cli")
+
+        plan = plan_it()
         if not plan.csv_path.exists():
             raise CutoverError(f"{plan.csv_path}: no such file")
         with connect(settings) as db:
@@ -120,7 +125,12 @@ def sync(
                 from cutover import sync as engine
 
                 with _progress(not as_json, plan.csv_path) as progress:
-                    result = engine.run_sync(db, plan, workers=settings.workers, check_unchanged=False, **progress)
+                    try:
+                        result = engine.run_sync(db, plan, workers=settings.workers, check_unchanged=False,
+                                                 **progress)
+                    except StagingLost as lost:  # nothing was applied: stage the file again, once
+                        logging.getLogger("cutover.cli").warning("%s; rerunning it", lost)
+                        result = engine.run_sync(db, plan_it(), workers=settings.workers, **progress)
         r = result.as_dict()
         keys = ("table", "read", "loaded", "rejected", "inserted", "updated", "deleted", "rejects_file",
                 "duration_s", "run_id", "phase", "method")

@@ -11,8 +11,13 @@ Contract:
 - After ``breaker_threshold`` consecutive transient failures the breaker opens and calls fail fast
   with ``DatabaseUnavailable`` until ``breaker_cooldown_s`` has passed; one trial call then decides.
 - A call that finds every connection of the pool checked out by this process's other threads waits
-  up to the pool's timeout, then fails with ``PoolExhausted``: not retried, and not counted by the
-  breaker (the database answers; this process asked too much of its pool).
+  up to the pool's timeout, then raises ``PoolExhausted``: retried like a transient error (so the
+  wait is bounded by the attempts × the pool's timeout), but not counted by the breaker — the
+  database answers; this process asked more of its pool than ``CUTOVER_POOL_MAX``. A pool that could
+  not connect at all raises ``PoolUnreachable`` with the server's own reason (e.g. "too many
+  clients"), retried and counted.
+- A statement that waits longer than the lock timeout for another session's lock raises
+  ``LockTimeout`` (exit 6, not retried: the other work may take long; the caller reruns).
 
 Concurrency: a ``Database`` is safe to share between threads (the pool is); processes each build
 their own through ``connect``.
@@ -33,7 +38,7 @@ from psycopg import errors as pgerr
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from cutover.errors import DatabaseUnavailable, PoolExhausted
+from cutover.errors import DatabaseUnavailable, LockTimeout, PoolExhausted, PoolUnreachable
 from cutover.redact import display_dsn, scrub
 from cutover.settings import Settings
 
@@ -44,7 +49,8 @@ TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (pgerr.SerializationFailure, pgerr.DeadlockDetected, PoolTimeout)):
+    if isinstance(exc, (pgerr.SerializationFailure, pgerr.DeadlockDetected, PoolTimeout, PoolExhausted,
+                        PoolUnreachable)):
         return True
     if isinstance(exc, psycopg.OperationalError):
         sqlstate = getattr(exc, "sqlstate", None)
@@ -58,6 +64,7 @@ class CircuitBreaker:
     cooldown_s: float = 30.0
     failures: int = 0
     opened_at: float | None = None
+    last_error: str = ""  # scrubbed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check(self) -> None:
@@ -66,17 +73,19 @@ class CircuitBreaker:
                 return
             waited = time.monotonic() - self.opened_at
             if waited < self.cooldown_s:
+                last = f" (last: {self.last_error})" if self.last_error else ""
                 raise DatabaseUnavailable(
-                    f"database unreachable after {self.failures} consecutive failures; "
+                    f"database unreachable after {self.failures} consecutive failures{last}; "
                     f"not retrying for another {self.cooldown_s - waited:.0f}s (circuit open)")
             self.opened_at = None  # half-open: let one call through
 
-    def record(self, ok: bool) -> None:
+    def record(self, ok: bool, error: str = "") -> None:
         with self._lock:
             if ok:
                 self.failures, self.opened_at = 0, None
             else:
                 self.failures += 1
+                self.last_error = error[:300]
                 if self.failures >= self.threshold:
                     self.opened_at = time.monotonic()
 
@@ -208,15 +217,31 @@ class Database:
                             f" {self.pool.max_size} connections of this process's pool (CUTOVER_POOL_MAX) are"
                             " busy with its other work; nothing was done. Run less at once (CUTOVER_WORKERS)"
                             " or raise CUTOVER_POOL_MAX.") from exc
-                    self.breaker.record(ok=False)
-                    raise
+                    unreachable = PoolUnreachable(
+                        f"{what}: no connection to {self.display} within {self.pool.timeout:g}s:"
+                        f" {self._why_not_connected()}; nothing was done")
+                    self.breaker.record(ok=False, error=str(unreachable))
+                    raise unreachable from exc
+                except pgerr.LockNotAvailable as exc:
+                    raise LockTimeout(
+                        f"{what}: gave up after waiting {self.settings.lock_timeout_s:g}s (CUTOVER_LOCK_TIMEOUT_S)"
+                        " for a lock another session holds (a sync or transition of the same table, or an"
+                        " application transaction); nothing was done — rerun it") from exc
                 except BaseException as exc:
                     if is_transient(exc):
-                        self.breaker.record(ok=False)
+                        self.breaker.record(ok=False, error=self.scrub(str(exc)).strip())
                     raise
                 self.breaker.record(ok=True)
                 return result
         raise AssertionError("unreachable")
+
+    def _why_not_connected(self) -> str:
+        """The server's own reason for refusing a connection now (the pool only logs it)."""
+        try:  # a short probe: the pool has already waited its timeout
+            with psycopg.connect(self._conninfo, **{**self._kwargs, "connect_timeout": 3}):
+                return "the server accepts connections again"
+        except psycopg.Error as exc:
+            return self.scrub(str(exc)).strip().replace("\n", " ")
 
     def stats(self) -> dict[str, int]:
         s = self.pool.get_stats()

@@ -39,8 +39,19 @@ class DatabaseUnavailable(CutoverError):
 
 class PoolExhausted(DatabaseUnavailable):
     """Every connection of this process's pool stayed busy for the pool's whole timeout: more concurrent
-    work than ``CUTOVER_POOL_MAX`` allows. The database itself answers, so this is neither retried nor
-    counted by the circuit breaker."""
+    work than ``CUTOVER_POOL_MAX`` allows. The database itself answers, so the circuit breaker does not
+    count it (``Database.run`` retries it, like a transient error)."""
+
+
+class PoolUnreachable(DatabaseUnavailable):
+    """The pool could not open a connection within its timeout; the message carries the server's reason
+    (down, or "too many clients already")."""
+
+
+class StagingLost(DatabaseUnavailable):
+    """The database restarted (crashed) while a sync ran: crash recovery empties UNLOGGED tables, so
+    rows its batches had staged are gone. Nothing was applied; a rerun (``cutover sync`` does it once
+    by itself) stages the file again."""
 
 
 class WriteFailed(CutoverError, OSError):
@@ -75,6 +86,11 @@ class ConcurrentChange(CutoverError):
     """Someone else changed the table's state while this operation ran; rerun it."""
 
     exit_code = 6
+
+
+class LockTimeout(ConcurrentChange):
+    """A statement waited ``CUTOVER_LOCK_TIMEOUT_S`` for a lock another session held (a merge or
+    transition of the same table, an application transaction) and gave up; nothing was done."""
 
 
 class SchemaDrift(CutoverError):

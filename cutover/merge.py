@@ -7,11 +7,14 @@ transaction by ``cutover.sync``:
 1. ``reject_duplicates`` — every row whose key appears more than once in the file (among staged
    rows or rows already rejected) is moved to the rejects: the file is ambiguous about that key;
 2. ``reject_orphans`` — rows whose foreign key matches no parent row are moved to the rejects;
-3. ``count_deletes`` / ``delete_missing`` — target rows whose key is neither staged nor rejected
+3. ``keep_newer_writes`` — keys the application wrote to the table (``cutover.change_log``, dual_write)
+   since the run began are staged as the table has them: its write went to the CSV first, so the
+   table's row is at least as new as the run's snapshot of the file, and must not be reverted by it;
+4. ``count_deletes`` / ``delete_missing`` — target rows whose key is neither staged nor rejected
    (a rejected row keeps its old version: a typo must not delete data);
-4. ``update_changed`` — rows whose staged version differs in any column (``IS DISTINCT FROM``);
-5. ``insert_new`` — keys the target does not have.
-Steps 3–5 use plain DELETE/UPDATE/INSERT (not MERGE) so they run on PostgreSQL 15, which older
+5. ``update_changed`` — rows whose staged version differs in any column (``IS DISTINCT FROM``);
+6. ``insert_new`` — keys the target does not have.
+Steps 4–6 use plain DELETE/UPDATE/INSERT (not MERGE) so they run on PostgreSQL 15, which older
 Supabase projects still use.
 """
 
@@ -85,8 +88,9 @@ COPY_REJECTS = sql.SQL("copy cutover.rejects (run_id, line, column_name, value, 
 
 def forget_batch(staging: str) -> sql.Composed:
     """Undo a batch's earlier attempt (a retry after a lost commit acknowledgement)."""
+    # ONE statement: a parameterised query cannot hold two (the server prepares it).
     return sql.SQL(
-        "delete from {} where _line >= %(first)s and _line < %(end)s; "
+        "with staged as (delete from {} where _line >= %(first)s and _line < %(end)s) "
         "delete from cutover.rejects where run_id = %(run)s and line >= %(first)s and line < %(end)s"
     ).format(ident("cutover", staging))
 
@@ -133,6 +137,24 @@ select %(run)s, _line, {fkname}, {fk}::text, {reason}, {pk}::text from moved""")
             fkname=sql.Literal(col.name),
             reason=sql.Literal(f"no {parent.name} row has this {parent.primary_key} (foreign key)")))
     return stmts
+
+
+def keep_newer_writes(spec: TableSpec, staging: str) -> sql.Composed:
+    # change_log.changed_at is the writer's transaction start, after its CSV rename: a key written
+    # after the snapshot is always caught (one written just before it too, harmlessly: both agree).
+    pk, stg = ident(spec.primary_key), ident("cutover", staging)
+    cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
+    return sql.SQL("""
+with newer as (
+  select distinct c.key from cutover.change_log c
+  where c.table_name = {name} and c.changed_at >= (select started_at from cutover.runs where run_id = %(run)s)
+), older as (
+  delete from {stg} s using newer n where s.{pk}::text = n.key
+)
+insert into {stg} ({cols}, _line)
+select {tcols}, 0 from {t} t join newer n on t.{pk}::text = n.key""").format(
+        name=sql.Literal(spec.name), stg=stg, pk=pk, cols=cols, t=target(spec),
+        tcols=sql.SQL(", ").join(sql.SQL("t.") + ident(c) for c in spec.column_names))
 
 
 def _gone(spec: TableSpec, staging: str) -> sql.Composed:

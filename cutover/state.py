@@ -94,13 +94,29 @@ def fail_run(conn: psycopg.Connection, run_id: UUID, error: str) -> None:
            where run_id = %s and status = 'running'""", (error, run_id))
 
 
-def finish_run(conn: psycopg.Connection, run_id: UUID, **counts: int | str | None) -> None:
-    """Mark a run succeeded with its counts (columns of ``cutover.runs``)."""
+def _update_running(conn: psycopg.Connection, run_id: UUID, change: str, counts: dict) -> None:
     from psycopg import sql
 
     sets = sql.SQL("").join(sql.SQL(", {} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in counts)
-    conn.execute(sql.SQL("update cutover.runs set status = 'succeeded', finished_at = now(){} where run_id = %(run)s"
-                         " and status = 'running'").format(sets), {**counts, "run": run_id})
+    conn.execute(sql.SQL("update cutover.runs set {}{} where run_id = %(run)s and status = 'running'").format(
+        sql.SQL(change), sets), {**counts, "run": run_id})
+
+
+def record_counts(conn: psycopg.Connection, run_id: UUID, **counts: int | str | None) -> None:
+    """Store a running run's counts (columns of ``cutover.runs``); it stays running, and is heartbeaten."""
+    _update_running(conn, run_id, "heartbeat_at = now()", counts)
+
+
+def finish_run(conn: psycopg.Connection, run_id: UUID, **counts: int | str | None) -> None:
+    """Mark a run succeeded with its counts (columns of ``cutover.runs``)."""
+    _update_running(conn, run_id, "status = 'succeeded', finished_at = now()", counts)
+
+
+def restarted_since(conn: psycopg.Connection, run_id: UUID) -> bool:
+    """Whether the server started after the run began (a crash restart resets UNLOGGED tables)."""
+    row = conn.execute("select pg_postmaster_start_time() > started_at from cutover.runs where run_id = %s",
+                       (run_id,)).fetchone()
+    return bool(row and row[0])
 
 
 def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None = None) -> list[UUID]:
@@ -120,6 +136,19 @@ def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None
                   or (%(before)s::uuid is not null and r.kind = 'sync' and r.started_at <= b.started_at))
            returning r.run_id""",
         {"table": table, "before": before, "stale": STALE_AFTER}).fetchall()
+    return [r[0] for r in rows]
+
+
+def finished_staging(conn: psycopg.Connection, table: str, prefix: str) -> list[str]:
+    """Staging tables of ``table`` (named ``prefix`` + 12 hex digits of the run) whose run is over: a
+    running run drops its staging in the very transaction that ends it, so these belong to nobody (a
+    run reaped by ``fail_stale_runs``, or older versions' leftovers). A table whose run this
+    transaction cannot see (a run just begun) is left alone."""
+    rows = conn.execute(
+        """select t.tablename from pg_tables t join cutover.runs r
+             on t.tablename = %(prefix)s || left(replace(r.run_id::text, '-', ''), 12)
+           where t.schemaname = 'cutover' and r.table_name = %(table)s and r.status <> 'running'""",
+        {"table": table, "prefix": prefix}).fetchall()
     return [r[0] for r in rows]
 
 

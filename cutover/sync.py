@@ -43,7 +43,8 @@ from cutover import bootstrap, csvscan, merge, state
 from cutover.coerce import coerce
 from cutover.fingerprint import basis
 from cutover.db import Database
-from cutover.errors import ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StructuralError
+from cutover.errors import (ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StagingLost,
+                            StructuralError)
 # the plan and results are the steps' API: callers name them through this module too
 from cutover.syncplan import (BatchResult, SyncPlan, SyncResult, _as_source, drop_snapshot,  # noqa: F401
                               drop_stale_snapshots, plan_sync, take_snapshot, write_rejects_file)
@@ -68,8 +69,8 @@ def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
                 f"{plan.spec.name} is in phase {current.phase}: the database is the source of truth now,"
                 " so the CSV is not synced into it")
         dead_runs = state.fail_stale_runs(conn, plan.spec.name)
-        for dead in dead_runs:
-            conn.execute(merge.drop_staging(merge.staging_name(plan.spec.name, dead.hex)))
+        for stg in state.finished_staging(conn, plan.spec.name, merge.staging_name(plan.spec.name, "")):
+            conn.execute(merge.drop_staging(stg))  # the dead runs' just failed, and any other run's that is over
         drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
         state.start_run(conn, plan.run_id, plan.spec.name, kind, current.version, str(plan.csv_path))
         conn.execute(merge.create_staging(plan.spec, plan.staging))
@@ -160,9 +161,14 @@ def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvs
             conn.execute(merge.forget_batch(plan.staging),
                          {"first": batch.first_line, "end": batch.end_line, "run": plan.run_id})
         with conn.cursor() as cur:
-            with cur.copy(merge.copy_into_staging(plan.spec, plan.staging)) as cp:
-                for i in range(0, len(rows), 1 << 20):
-                    cp.write(rows[i:i + (1 << 20)])
+            try:
+                with cur.copy(merge.copy_into_staging(plan.spec, plan.staging)) as cp:
+                    for i in range(0, len(rows), 1 << 20):
+                        cp.write(rows[i:i + (1 << 20)])
+            except pgerr.UndefinedTable as exc:  # a newer sync merged first and ended this run
+                raise ConcurrentChange(
+                    f"{plan.spec.name}: another sync merged while this one was loading, which ended this run"
+                    " (its staging table is gone); nothing was applied — rerun the sync") from exc
             if rejects.height:
                 with cur.copy(merge.COPY_REJECTS) as cp:
                     cp.write(rejects_csv)
@@ -198,7 +204,12 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         loaded = conn.execute(merge.count_staged(stg)).fetchone()[0]
         rejected = conn.execute("select count(*) from cutover.rejects where run_id = %(run)s", params).fetchone()[0]
         if read != loaded + rejected:
+            if state.restarted_since(conn, plan.run_id):
+                raise StagingLost(
+                    f"the database restarted during the sync of {spec.name} and its staging was lost"
+                    f" ({loaded + rejected} of {read} rows left); nothing was applied — rerun the sync")
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
+        conn.execute(merge.keep_newer_writes(spec, stg), params)  # never revert a write made during the run
         to_delete, total = conn.execute(merge.count_deletes(spec, stg), params).fetchone()
         if total and to_delete > plan.mass_delete_threshold * total and not plan.allow_mass_delete:
             raise MassDeleteRefused(

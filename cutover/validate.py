@@ -12,11 +12,20 @@ Steps, each a function so that flows can run them as tasks and the CLI in-proces
 6. ``finish``: build the report, store it, write its files, drop the staging table.
 ``abort`` records a failed run and drops staging. Without a CSV (e.g. deprecated, archived) the
 source side and parity are skipped and the report cannot pass.
+
+The staging run stays ``running`` until the report is stored (``finish`` drops the staging table and
+marks the run succeeded in one transaction), heartbeating while the long steps run. A validation
+killed on the way is reaped like a killed sync: once its heartbeat is older than
+``state.STALE_AFTER``, the next sync or validation of the table marks it failed and drops its staging.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +33,9 @@ from pathlib import Path
 from cutover import csvscan, gx_runner, merge, parity, report, security_checks, state, suites, sync
 from cutover.db import Database
 from cutover.spec import TableSpec
+
+log = logging.getLogger("cutover.validate")
+HEARTBEAT_S = 60.0  # well inside state.STALE_AFTER
 
 
 @dataclass(frozen=True)
@@ -76,31 +88,61 @@ def finish_staging(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
         conn.execute(merge.analyze_staging(stg.staging))
         conn.execute(merge.staging_view(plan.spec, stg.staging)[1])
         loaded = conn.execute(merge.count_staged(stg.staging)).fetchone()[0]
-        state.finish_run(conn, stg.run_id, rows_read=read, rows_loaded=loaded, rows_rejected=read - loaded,
+        state.record_counts(conn, stg.run_id, rows_read=read, rows_loaded=loaded, rows_rejected=read - loaded,
                          csv_sha256=fscan.sha256, csv_bytes=fscan.size)
 
     db.run(analyze, what=f"stage {plan.spec.name} for validation")
     sync.drop_snapshot(stg)
 
 
+@contextmanager
+def _alive(db: Database, plan: ValidationPlan) -> Iterator[None]:
+    """Heartbeat the staging run while a step runs (GX on a large table can outlast STALE_AFTER), so
+    that no other run takes it for dead and drops its staging."""
+    if plan.staging is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                db.run(lambda conn: state.heartbeat(conn, plan.staging.run_id), what="validation heartbeat")
+            except Exception as exc:  # a missed beat is not the validation's failure
+                log.warning("heartbeat of %s failed: %s", plan.staging.run_id, db.scrub(str(exc)))
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    beater = threading.Thread(target=beat, name="cutover-heartbeat", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join()
+
+
 def expectations(db: Database, plan: ValidationPlan, side: str) -> list[dict]:
     suite = suites.load_suite(plan.suites_dir, plan.spec.name)
-    if side == "source":  # the staging table, without its _line column
-        view = merge.staging_view(plan.spec, plan.staging.staging)[0]
-        results = gx_runner.run_suite(db.conninfo, suite, "cutover", view)
-    else:
-        results = gx_runner.run_suite(db.conninfo, suite, "public", plan.spec.name)
+    with _alive(db, plan):
+        if side == "source":  # the staging table, without its _line column
+            view = merge.staging_view(plan.spec, plan.staging.staging)[0]
+            results = gx_runner.run_suite(db.conninfo, suite, "cutover", view)
+        else:
+            results = gx_runner.run_suite(db.conninfo, suite, "public", plan.spec.name)
     return [r.as_dict() for r in results]
 
 
 def compare(db: Database, plan: ValidationPlan) -> dict:
-    return db.run(lambda conn: parity.compare(conn, plan.spec, plan.staging.staging, plan.staging.run_id).as_dict(),
-                  what=f"parity of {plan.spec.name}")
+    with _alive(db, plan):
+        return db.run(lambda conn: parity.compare(conn, plan.spec, plan.staging.staging,
+                                                  plan.staging.run_id).as_dict(), what=f"parity of {plan.spec.name}")
 
 
 def security(db: Database, plan: ValidationPlan) -> dict:
-    sub, checks = db.run(lambda conn: security_checks.check_all(conn, plan.specs, [plan.spec.name], plan.subject),
-                         what=f"security checks of {plan.spec.name}")
+    with _alive(db, plan):
+        sub, checks = db.run(lambda conn: security_checks.check_all(conn, plan.specs, [plan.spec.name], plan.subject),
+                             what=f"security checks of {plan.spec.name}")
     return {"subject": sub, "checks": [c.as_dict() for c in checks]}
 
 
@@ -124,13 +166,18 @@ def finish(db: Database, plan: ValidationPlan, before: state.TableState, fscan: 
             rep.notes.append(f"the table changed during validation (version {before.version} → {now.version});"
                              " this report describes the earlier version")
         if plan.staging is not None:
-            conn.execute(merge.drop_staging(plan.staging.staging))
+            _end_staging(conn, plan)
         rep.duration_s = round(time.time() - plan.started, 3)
         report.write_files(rep, plan.reports_dir)
         report.store(conn, rep)
         return rep
 
     return db.run(store, what=f"store validation report of {plan.spec.name}")
+
+
+def _end_staging(conn, plan: ValidationPlan) -> None:
+    conn.execute(merge.drop_staging(plan.staging.staging))
+    state.finish_run(conn, plan.staging.run_id)
 
 
 def abort(db: Database, plan: ValidationPlan, error: BaseException) -> None:
@@ -164,5 +211,5 @@ def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict
     except BaseException as exc:
         abort(db, plan, exc)
         raise
-    db.run(lambda conn: conn.execute(merge.drop_staging(plan.staging.staging)), what="drop staging")
+    db.run(lambda conn: _end_staging(conn, plan), what="drop staging")
     return result

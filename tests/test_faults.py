@@ -1,8 +1,8 @@
 """Fault injection with real processes and a real PostgreSQL.
 
 - ``cutover sync`` and the transition commands killed with SIGKILL at random moments (delays drawn
-  uniformly over the measured duration of an unkilled run), each time checked for a consistent state
-  and rerun to completion;
+  uniformly over the measured duration of an unkilled run, stratified so that they spread over every
+  stage), each time checked for a consistent state and rerun to completion;
 - the database restarted (``pg_ctl restart -m immediate``: a crash, as far as PostgreSQL knows) in
   the middle of a sync and of a phase transition, on a server of the test's own;
 - a full disk and a read-only directory under the CSV store and the rejects folder (tmpfs mounts);
@@ -65,6 +65,16 @@ def _soak_transition_kills() -> int:
     return int(os.environ.get("CUTOVER_SOAK_TRANSITION_KILLS") or max(4, _soak_kills() // 2))
 
 
+def _moments(n: int, rng: random.Random):
+    """Fractions of a run's duration at which to kill it: one uniform draw in each of ``n`` equal slices
+    of [0, 1), in shuffled order (and again, should more be needed). Each is uniform over the run, and a
+    handful of them cannot all clump in start-up: they spread over every stage."""
+    while True:
+        points = [(i + rng.random()) / n for i in range(n)]
+        rng.shuffle(points)
+        yield from points
+
+
 @pytest.fixture(autouse=True)
 def _soak_only_when_asked(request):
     if request.node.get_closest_marker("soak") and "soak" not in (request.config.getoption("markexpr") or ""):
@@ -119,15 +129,34 @@ def _result(proc: subprocess.Popen) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _kill_after(proc: subprocess.Popen, delay: float) -> bool:
-    """SIGKILL ``proc`` ``delay`` seconds after it started, unless it ended before: whether it was killed."""
+def _kill_after(proc: subprocess.Popen, delay: float, probe=None) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after it started, unless it ended before: whether it was killed.
+    ``probe()`` runs just before the signal (to record what was being done)."""
     try:
         proc.wait(timeout=delay)
         return False
     except subprocess.TimeoutExpired:
+        if probe is not None:
+            probe()
         proc.send_signal(signal.SIGKILL)  # a no-op if it ended in between
         proc.wait(30)
         return proc.returncode == -signal.SIGKILL
+
+
+MERGE_SQL = ('delete from "public"', 'update "public"', 'insert into "public"', "analyze", "with keys", "with moved",
+             "select (select count(*)")
+TRANSITION_SQL = ("trigger", "policy", "lock table", "cutover.table_state", "phase_history", "advisory")
+
+
+def _stage(conn: psycopg.Connection) -> str:
+    """What the database is doing for the other clients of this database right now, roughly."""
+    queries = [q.lower() for (q,) in _rows(conn, """select query from pg_stat_activity
+        where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'
+          and application_name <> %s and state <> 'idle'""", (MONITOR,))]
+    for stage, marks in (("copy", ("copy ",)), ("merge", MERGE_SQL), ("transition", TRANSITION_SQL)):
+        if any(m in q for q in queries for m in marks):
+            return stage
+    return "other sql" if queries else "client side"
 
 
 def _backends(conn: psycopg.Connection) -> list[tuple]:
@@ -241,7 +270,7 @@ def _batch_bytes(path: Path) -> str:
 
 def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills: int, seed: int,
                         logs: Path, validate_at_end: bool) -> dict:
-    rng = random.Random(seed)
+    moments = _moments(kills, random.Random(seed))
     rows = files["A"]["counts"][1]
     print(f"\nsync kill campaign: seed={seed} kills={kills} rows={rows}", flush=True)
     data = Path(env["CUTOVER_DATA_DIR"])
@@ -251,7 +280,7 @@ def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills:
     sync = ["sync", "--table", "leads", "--allow-mass-delete"]
     mon = _connect(db_url)
     stats = {"kills": 0, "committed_before_kill": 0, "ended_before_kill": 0, "orphan_rejects_files": 0,
-             "orphan_tmp_files": 0, "snapshots_of_committed_runs": 0}
+             "orphan_tmp_files": 0, "snapshots_of_committed_runs": 0, "killed_during": {}}
     killed_runs: list[uuid.UUID] = []
 
     def runs() -> dict:
@@ -270,14 +299,14 @@ def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills:
                 assert (rejects_file is not None) == bool(rejected), ctx
                 if rejects_file:
                     assert Path(rejects_file).exists(), f"succeeded run {run_id} lost its rejects file ({ctx})"
-        for snap in _leftovers(data, ".leads.csv.*.snapshot"):
+        for folder, snap in [(d, n) for d in (data, rejects) for n in _leftovers(d, ".leads.csv.*.snapshot")]:
             hex12 = snap.split(".")[3]
             status = _rows(mon, "select status from cutover.runs where replace(run_id::text, '-', '') like %s",
                            (hex12 + "%",))
             # killed between its commit and unlinking the snapshot: the only window that leaves one
             assert status == [("succeeded",)], f"snapshot {snap} of a run that is {status} was left behind ({ctx})"
             stats["snapshots_of_committed_runs"] += 1
-            (data / snap).unlink()
+            (folder / snap).unlink()
 
     try:
         _replace(files["A"]["path"], csv_path)
@@ -300,11 +329,12 @@ def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills:
             _replace(files[target]["path"], csv_path)
             known = set(runs())
             before = _digest(mon)
-            delay = rng.uniform(0, duration)
+            delay = next(moments) * duration
             ctx = f"seed={seed} iteration={iteration} kill at {delay:.3f}s of {duration:.2f}s, {current} → {target}"
             proc = _start(sync, run_env, logs)
+            during: list[str] = []
             try:
-                killed = _kill_after(proc, delay)
+                killed = _kill_after(proc, delay, probe=lambda: during.append(_stage(mon)))
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -320,6 +350,7 @@ def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills:
                 current = target
                 continue
             stats["kills"] += 1
+            stats["killed_during"][during[0]] = stats["killed_during"].get(during[0], 0) + 1
             status = next(iter(new.values()))[0] if new else None
             if status == "succeeded":  # killed after its merge committed: all of it is there
                 stats["committed_before_kill"] += 1
@@ -406,7 +437,7 @@ def _transition_kill_campaign(env: dict[str, str], db_url: str, *, kills: int, s
     from cutover.settings import Settings
     from cutover.spec import load_specs
 
-    rng = random.Random(seed)
+    moments = _moments(kills, random.Random(seed))
     print(f"\ntransition kill campaign: seed={seed} kills={kills} rows={rows}", flush=True)
     spec = load_specs(Settings().spec_dir)["leads"]
     data = Path(env["CUTOVER_DATA_DIR"])
@@ -415,7 +446,7 @@ def _transition_kill_campaign(env: dict[str, str], db_url: str, *, kills: int, s
     run_env = _cli_env(env)
     mon = _connect(db_url)
     stats = {"kills": 0, "committed_before_kill": 0, "ended_before_kill": 0, "reruns": 0,
-             "leaked_validation_staging": 0}
+             "leaked_validation_staging": 0, "killed_during": {}}
     try:
         generate("leads", rows, csv_path, seed=303)
         assert _run(["sync", "--table", "leads"], run_env)[0] == 0
@@ -459,11 +490,12 @@ def _transition_kill_campaign(env: dict[str, str], db_url: str, *, kills: int, s
             assert step_no <= 3 * kills + 8, f"commands keep ending before their kill (seed={seed})"
             key = prepare(step)
             bound = durations.get(name, durations["advance"])
-            delay = rng.uniform(0, bound)
+            delay = next(moments) * bound
             ctx = f"seed={seed} step={step_no} {name} {old} → {new}, kill at {delay:.3f}s of {bound:.2f}s"
             proc = _start(args, run_env, logs)
+            during: list[str] = []
             try:
-                killed = _kill_after(proc, delay)
+                killed = _kill_after(proc, delay, probe=lambda: during.append(_stage(mon)))
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -479,6 +511,7 @@ def _transition_kill_campaign(env: dict[str, str], db_url: str, *, kills: int, s
             else:
                 stats["kills"] += 1
                 stats["committed_before_kill"] += phase == new
+                stats["killed_during"][during[0]] = stats["killed_during"].get(during[0], 0) + 1
             if phase == old:  # rerun to completion
                 stats["reruns"] += 1
                 started = time.monotonic()
@@ -523,22 +556,24 @@ def test_sigkill_at_random_moments_of_transitions_soak(env, db_url, tmp_path):
 
 
 def test_a_killed_validation_leaves_no_staging_behind(env, db_url, tmp_path):
-    """A validation killed while its suites run (after staging) leaves its staging table — a full copy
-    of the CSV — which nothing ever drops: the run is already recorded as succeeded, and only running
-    runs are reaped."""
+    """A validation killed while its suites run (after staging) leaves its run ``running`` and its
+    staging table — a full copy of the CSV. While its heartbeat is fresh it may be alive, so a sync
+    keeps it; once the heartbeat is older than ``state.STALE_AFTER`` the next sync marks the run
+    failed and drops the staging."""
     from cutover.samples import generate
+    from cutover.state import STALE_AFTER
 
     run_env = _cli_env(env)
     generate("leads", 2000, Path(env["CUTOVER_DATA_DIR"]) / "leads.csv", seed=404)
     assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+    staging = "select tablename from pg_tables where schemaname = 'cutover' and tablename like 'stg%%'"
     mon = _connect(db_url)
     try:
         proc = _start(["validate", "--table", "leads"], run_env, tmp_path / "logs")
-        try:
-            staged = """select t.tablename from pg_tables t join cutover.runs r
-                          on t.tablename = 'stg_leads_' || left(replace(r.run_id::text, '-', ''), 12)
-                        where t.schemaname = 'cutover' and r.kind = 'validate' and r.status = 'succeeded'"""
-            _wait_for(lambda: _rows(mon, staged), 300, "the validation to finish staging", proc)
+        try:  # the data-only view is created once staging is complete, just before the suites
+            _wait_for(lambda: _rows(mon, "select 1 from pg_views where schemaname = 'cutover'"
+                                         " and viewname like 'stg_leads_%%_data'"), 300,
+                      "the validation to finish staging", proc)
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         finally:
@@ -546,10 +581,19 @@ def test_a_killed_validation_leaves_no_staging_behind(env, db_url, tmp_path):
                 proc.kill()
                 proc.wait()
         _wait_backends_gone(mon)
-        assert _run(["sync", "--table", "leads"], run_env)[0] == 0  # what reaps dead runs' staging
-        left = _rows(mon, "select tablename from pg_tables where schemaname = 'cutover' and tablename like 'stg%%'")
-        if left:
-            pytest.xfail(f"known bug (cutover/validate.py): staging {left} of a killed validation is never dropped")
+        left = _rows(mon, staging)
+        assert len(left) == 1, left
+        run = _rows(mon, "select run_id from cutover.runs where kind = 'validate' and status = 'running'")
+        assert len(run) == 1, "the killed validation's run is not running"
+        assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+        assert _rows(mon, staging) == left  # heartbeat still fresh: it could be alive, it is kept
+        _rows(mon, "update cutover.runs set heartbeat_at = heartbeat_at - %s::interval - interval '1 minute'"
+                   " where run_id = %s", (STALE_AFTER, run[0][0]))  # as if STALE_AFTER had passed
+        assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+        assert _rows(mon, staging) == [], "the dead validation's staging was not dropped"
+        assert _rows(mon, "select count(*) from pg_views where schemaname = 'cutover'") == [(0,)]
+        status, error = _rows(mon, "select status, error from cutover.runs where run_id = %s", (run[0][0],))[0]
+        assert status == "failed" and error.startswith("interrupted: no heartbeat"), (status, error)
     finally:
         mon.close()
 
@@ -646,8 +690,10 @@ def _reconnect(url: str, timeout: float = 60) -> psycopg.Connection:
 @pytest.mark.parametrize("stage", ["load", "merge"])
 def test_database_restart_in_the_middle_of_a_sync(own_server, own_env, sample_files, tmp_path, stage):
     """A crash restart while batches are being COPYed into staging, or while the merge is deleting
-    rows of the target: the sync retries, and either completes or fails with nothing applied; a
-    rerun completes. The moment is made certain with a lock the test holds (the sync waits on it)."""
+    rows of the target: the sync retries (a batch's retry forgets its first attempt); crash recovery
+    empties the UNLOGGED staging, which the merge detects, and the command stages the file again; it
+    completes, or fails with a clear error and nothing applied; a rerun completes. The moment is made
+    certain with a lock the test holds (the sync waits on it)."""
     files = sample_files(20_000)
     url = own_env["SUPABASE_DB_URL"]
     csv_path = Path(own_env["CUTOVER_DATA_DIR"]) / "leads.csv"
@@ -705,9 +751,10 @@ def test_database_restart_in_the_middle_of_a_sync(own_server, own_env, sample_fi
         assert _rows(mon, "select count(*) from cutover.runs where status = 'running'") == [(0,)]
         assert _rows(mon, "select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg%%'") \
             == [(0,)]
-        if code != 0 and ("internal error" in out["error"] or "SyntaxError" in out["error"]):
-            pytest.xfail(f"known bug (cutover/sync.py, cutover/merge.py): safe, but the error after a restart"
-                         f" is not clear: {out['error']!r}")
+        if code != 0:  # a clear reason, never an internal error
+            assert "internal error" not in out["error"] and "SyntaxError" not in out["error"], out
+        elif stage == "merge":  # crash recovery emptied the UNLOGGED staging: detected, and rerun once
+            assert any(s == "failed" and "restarted during the sync" in e for s, e in runs), runs
     finally:
         mon.close()
         holder.close()
@@ -875,7 +922,8 @@ def test_a_sync_that_must_write_a_rejects_file_on_a_full_or_read_only_disk(env, 
 
 
 def test_a_sync_from_a_read_only_csv_store(env, db_url, tmp_path):
-    """A sync only reads the CSV. It must either work from a read-only store or fail cleanly, naming it."""
+    """A sync only reads the CSV: it works from a read-only store (its snapshot of the file then goes to
+    cutover's home), and leaves nothing behind."""
     from tests.csvdata import write_csv
 
     run_env = _cli_env(env)
@@ -886,25 +934,12 @@ def test_a_sync_from_a_read_only_csv_store(env, db_url, tmp_path):
             _remount(data, "ro")
             code, out, err = _run(["sync", "--table", "leads"], run_env)
             print(f"\nexit {code}: {out}")
-            if code == 0:
-                assert out["inserted"] == 100
-                return
-            assert str(data) in out["error"] and "Read-only" in out["error"], out
-            assert _rows(mon, "select count(*) from public.leads") == [(0,)]  # nothing applied
-            running = _rows(mon, "select count(*) from cutover.runs where status = 'running'")[0][0]
-            staging = _rows(mon, "select count(*) from pg_tables where schemaname = 'cutover'"
-                                 " and tablename like 'stg%%'")[0][0]
-            _remount(data, "rw")
-            code2, out2, err2 = _run(["sync", "--table", "leads"], run_env)  # writable again: it completes
-            assert code2 == 0 and out2["inserted"] == 100, err2
-            assert _rows(mon, "select count(*) from cutover.runs where status = 'running'") == [(0,)]
-            assert _leftovers(data, ".*.snapshot") == []
-        problems = ["a sync needs a writable CSV store: it hard-links a snapshot of the CSV beside it"
-                    f" (cutover/sync.py take_snapshot): {out['error']}"]
-        if running or staging:
-            problems.append(f"and the failed run was not recorded ({running} left running, {staging} staging"
-                            " tables) because sync.abort's drop_snapshot raised EROFS before it")
-        pytest.xfail("; ".join(problems))
+            assert code == 0 and out["inserted"] == 100, err
+            code, out, err = _run(["sync", "--table", "leads"], run_env)
+            assert code == 0 and (out["inserted"], out["updated"], out["deleted"]) == (0, 0, 0), err
+        assert _rows(mon, "select count(*) from public.leads") == [(100,)]
+        assert _rows(mon, "select count(*) from cutover.runs where status <> 'succeeded'") == [(0,)]
+        assert _leftovers(Path(env["CUTOVER_HOME"]) / "rejects", ".*.snapshot") == []
     finally:
         mon.close()
 
@@ -946,6 +981,7 @@ def test_more_threads_than_the_pool_wait_their_turn_or_fail_clearly(env, db_url,
     from cutover.settings import Settings
 
     monkeypatch.setenv("CUTOVER_POOL_MAX", "2")
+    monkeypatch.setenv("CUTOVER_RETRY_ATTEMPTS", "1")  # one wait of the pool's timeout, not several
     db = connect(Settings())
     try:
         def hammer(seconds: float) -> tuple[list, float]:
@@ -975,7 +1011,8 @@ def test_more_threads_than_the_pool_wait_their_turn_or_fail_clearly(env, db_url,
         assert elapsed >= 1.45, f"6 × 0.5 s on 2 connections took only {elapsed:.2f}s"
 
         # Longer than the pool's timeout: the two that got a connection finish; the four that waited
-        # fail after the timeout, saying why — not "database unreachable", and the breaker stays closed.
+        # fail after the timeout (each attempt of CUTOVER_RETRY_ATTEMPTS would wait once more), saying
+        # why — not "database unreachable" — and the breaker stays closed.
         db.pool.timeout = 0.5
         results, elapsed = hammer(2.0)
         ok = [r for r in results if r[0] == "ok"]
@@ -992,9 +1029,94 @@ def test_more_threads_than_the_pool_wait_their_turn_or_fail_clearly(env, db_url,
     finally:
         db.close()
 
+    # PoolExhausted is retried: with more attempts, a call that waited out one pool timeout gets the
+    # connection freed meanwhile (with CUTOVER_RETRY_ATTEMPTS=1, above, the same wait failed).
+    monkeypatch.setenv("CUTOVER_RETRY_ATTEMPTS", "4")
+    db = connect(Settings())
+    try:
+        db.pool.timeout = 0.5
+        holders = [threading.Thread(target=db.run, args=(lambda conn: conn.execute("select pg_sleep(1.2)"),))
+                   for _ in range(2)]
+        for t in holders:
+            t.start()
+        _wait_for(lambda: db._busy == 2, 30, "both connections to be busy")
+        started = time.monotonic()
+        assert db.run(lambda conn: conn.execute("select 42").fetchone()[0], what="the patient one") == 42
+        assert time.monotonic() - started > 0.5, "it should have waited out at least one pool timeout"
+        assert db.breaker.failures == 0
+        for t in holders:
+            t.join(30)
+    finally:
+        db.close()
 
-@pytest.mark.soak  # failed once in a loaded CI run (cause not yet known): kept to `make soak` until understood
-def test_concurrent_syncs_against_a_server_with_few_connections(own_server, own_env, sample_files, tmp_path):
+
+@pytest.fixture
+def few_connections(own_server):
+    """The module's own server, allowing only 12 connections for this test."""
+    with psycopg.connect(own_server.uri, autocommit=True) as conn:
+        conn.execute("alter system set max_connections = 12")
+    own_server.restart("fast")
+    yield 12
+    with psycopg.connect(own_server.uri, autocommit=True) as conn:
+        conn.execute("alter system reset max_connections")
+    own_server.restart("fast")
+
+
+def test_a_pool_that_cannot_connect_says_why(own_env, few_connections, monkeypatch):
+    """The server is full (its connection slots all taken by someone else) and the pool must grow: the call
+    fails after the pool's timeout with the server's own reason and exit code 4 — not a bare PoolTimeout —
+    and works again as soon as a slot is free."""
+    from cutover.db import connect
+    from cutover.errors import PoolUnreachable
+    from cutover.settings import Settings
+
+    url = own_env["SUPABASE_DB_URL"]
+    for k, v in {**own_env, "CUTOVER_POOL_MAX": "4", "CUTOVER_RETRY_ATTEMPTS": "2"}.items():
+        monkeypatch.setenv(k, v)
+    db = connect(Settings())
+    hogs: list[psycopg.Connection] = []
+    try:
+        db.pool.timeout = 1.0
+        db.pool.wait()  # its first connection is open
+        while True:  # take every slot left
+            try:
+                hogs.append(psycopg.connect(url, application_name="hog"))
+            except psycopg.OperationalError as exc:
+                assert "too many clients" in str(exc)
+                break
+        busy = db.pool.get_stats()["pool_size"]
+        holders = [threading.Thread(target=db.run, args=(lambda conn: conn.execute("select pg_sleep(3)"),))
+                   for _ in range(busy)]
+        for t in holders:
+            t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(PoolUnreachable) as refused:
+            db.run(lambda conn: conn.execute("select 1"), what="one more query")
+        waited = time.monotonic() - started
+        message = str(refused.value)
+        print(f"\n{message}")
+        assert "too many clients" in message and refused.value.exit_code == 4
+        assert waited < 2 * 1.0 + 2.0, f"waited {waited:.1f}s: 2 attempts of a 1 s pool timeout"
+        assert db.breaker.opened_at is None  # 2 failures, under the threshold
+        for t in holders:
+            t.join(30)
+        for h in hogs:
+            h.close()
+        hogs.clear()
+        db.run(lambda conn: conn.execute("select 1"))  # a slot is free: it works again
+    finally:
+        for h in hogs:
+            h.close()
+        db.close()
+
+
+# Kept to `make soak`: fails about 1 run in 7 (exit 1, "UndefinedTable: relation cutover.stg_leads_… does not
+# exist"): a sync still loading is superseded by another's merge, which drops its staging (sync.merge_run,
+# fail_stale_runs(before=…)); its next COPY then fails instead of reporting exit 6. Fix in cutover/sync.py.
+@pytest.mark.soak
+def test_concurrent_syncs_against_a_server_with_few_connections(own_server, own_env, few_connections, sample_files,
+                                                                 tmp_path):
     """Several ``cutover sync`` processes at once against a server allowing 12 connections: with a pool
     cap they never hold more than the cap each; without one, the server's limit binds and a process that
     cannot connect fails clearly (exit 4) or waits. One of them merges; the others merge nothing, or lose
@@ -1003,51 +1125,43 @@ def test_concurrent_syncs_against_a_server_with_few_connections(own_server, own_
     url = own_env["SUPABASE_DB_URL"]
     csv_path = Path(own_env["CUTOVER_DATA_DIR"]) / "leads.csv"
     _replace(files["A"]["path"], csv_path)
-    with psycopg.connect(own_server.uri, autocommit=True) as conn:
-        conn.execute("alter system set max_connections = 12")
-    own_server.restart("fast")
-    try:
-        for label, n, pool_max in (("capped", 4, "2"), ("uncapped", 6, None)):
-            extra = {"CUTOVER_BATCH_BYTES": str(1 << 20), "CUTOVER_CONNECT_TIMEOUT_S": "5"}
-            if pool_max:
-                extra["CUTOVER_POOL_MAX"] = pool_max
-            run_env = _cli_env(own_env, **extra)
-            logs = tmp_path / label
-            with _Sampler(url, every=0.005) as sampler:
-                procs = [_start(["sync", "--table", "leads"], run_env, logs) for _ in range(n)]
-                try:
-                    for p in procs:
-                        p.wait(600)
-                finally:
-                    for p in procs:
-                        if p.poll() is None:
-                            p.kill()
-                            p.wait()
-            outs = [_result(p) for p in procs]
-            codes = [p.returncode for p in procs]
-            print(f"\n{label}: exit codes {codes}, peak {sampler.peak} cutover connections"
-                  f" ({sampler.peak_clients} clients in all) over {sampler.samples} samples", flush=True)
-            assert sampler.samples > 20
-            if pool_max:
-                assert sampler.peak <= n * int(pool_max), f"{sampler.peak} > {n} × CUTOVER_POOL_MAX={pool_max}"
-            assert sampler.peak <= 12 - 1 and sampler.peak_clients <= 12  # the monitor holds one slot
-            assert set(codes) <= {0, 4, 6}, outs
-            assert codes.count(0) >= 1, outs
-            for code, out in zip(codes, outs):
-                if code == 4:
-                    assert "too many clients" in out["error"] or "connection" in out["error"], out
-                if code == 6:
-                    assert "rerun" in out["error"], out
-            mon = _connect(url)
+    for label, n, pool_max in (("capped", 4, "2"), ("uncapped", 6, None)):
+        extra = {"CUTOVER_BATCH_BYTES": str(1 << 20), "CUTOVER_CONNECT_TIMEOUT_S": "5"}
+        if pool_max:
+            extra["CUTOVER_POOL_MAX"] = pool_max
+        run_env = _cli_env(own_env, **extra)
+        logs = tmp_path / label
+        with _Sampler(url, every=0.005) as sampler:
+            procs = [_start(["sync", "--table", "leads"], run_env, logs) for _ in range(n)]
             try:
-                _wait_backends_gone(mon)
-                assert _digest(mon) == files["A"]["digest"]
-                assert _rows(mon, "select count(*) from cutover.runs where status = 'running'") == [(0,)]
-                assert _rows(mon, "select count(*) from pg_tables where schemaname = 'cutover'"
-                                  " and tablename like 'stg%%'") == [(0,)]
+                for p in procs:
+                    p.wait(600)
             finally:
-                mon.close()
-    finally:
-        with psycopg.connect(own_server.uri, autocommit=True) as conn:
-            conn.execute("alter system reset max_connections")
-        own_server.restart("fast")
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+        outs = [_result(p) for p in procs]
+        codes = [p.returncode for p in procs]
+        print(f"\n{label}: exit codes {codes}, peak {sampler.peak} cutover connections"
+              f" ({sampler.peak_clients} clients in all) over {sampler.samples} samples", flush=True)
+        assert sampler.samples > 20
+        if pool_max:
+            assert sampler.peak <= n * int(pool_max), f"{sampler.peak} > {n} × CUTOVER_POOL_MAX={pool_max}"
+        assert sampler.peak <= few_connections - 1 and sampler.peak_clients <= few_connections  # 1: the monitor
+        assert set(codes) <= {0, 4, 6}, outs
+        assert codes.count(0) >= 1, outs
+        for code, out in zip(codes, outs):
+            if code == 4:  # the server's own reason, or this process's cap
+                assert "too many clients" in out["error"] or "CUTOVER_POOL_MAX" in out["error"], out
+            if code == 6:
+                assert "rerun" in out["error"], out
+        mon = _connect(url)
+        try:
+            _wait_backends_gone(mon)
+            assert _digest(mon) == files["A"]["digest"]
+            assert _rows(mon, "select count(*) from cutover.runs where status = 'running'") == [(0,)]
+            assert _rows(mon, "select count(*) from pg_tables where schemaname = 'cutover'"
+                              " and tablename like 'stg%%'") == [(0,)]
+        finally:
+            mon.close()
