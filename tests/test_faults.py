@@ -65,12 +65,6 @@ def _soak_transition_kills() -> int:
     return int(os.environ.get("CUTOVER_SOAK_TRANSITION_KILLS") or max(4, _soak_kills() // 2))
 
 
-@pytest.fixture(autouse=True)
-def _soak_only_when_asked(request):
-    if request.node.get_closest_marker("soak") and "soak" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("soak campaign: run it with `make soak` (pytest -m soak)")
-
-
 # -------------------------------------------------------------------------------------- plumbing
 
 def _connect(url: str) -> psycopg.Connection:
