@@ -11,8 +11,8 @@ embedded PostgreSQL of ``.cutover/bench``, and times, each ``--repeat`` times (m
 - gate: ``cutover validate`` (suites on both sides, parity, security, the report).
 
 Every step is a whole process (start-up included, as an operator runs it); its peak RSS is the
-process's own ``ru_maxrss`` (``wait4``), forked from a minimal launcher. Ratios are to the baseline's median. The table goes to
-stdout and the figures to ``bench/results.json``.
+process's own ``ru_maxrss`` (``wait4``), forked from a minimal launcher (``cutover.measure``). Ratios
+are to the baseline's median. The table goes to stdout and the figures to ``bench/results.json``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,27 +30,14 @@ BIN = Path(sys.executable).parent
 TARGETS = {"first_load": 1.00, "resync_churn": 0.35, "resync_nochange": 0.25, "parity": 0.5, "gate": 1.5}
 
 
-# A tiny launcher forks each step: on Linux a child's peak-RSS counter starts at its parent's
-# size at fork, so forking from this (large) process would inflate every figure.
-_LAUNCHER = ("import os, sys\n"
-             "pid = os.fork()\n"
-             "if pid == 0:\n"
-             "    os.execvp(sys.argv[1], sys.argv[1:])\n"
-             "_, status, usage = os.wait4(pid, 0)\n"
-             "os.write(2, b'\\n@@rss_kb=%d\\n' % usage.ru_maxrss)\n"
-             "sys.exit(os.waitstatus_to_exitcode(status))\n")
-
-
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """(seconds, the step's own peak RSS in MB, stdout) of one whole process, start-up included."""
-    start = time.perf_counter()
-    proc = subprocess.run(["python3", "-S", "-c", _LAUNCHER, *cmd], env=env, capture_output=True)
-    elapsed = time.perf_counter() - start
-    err = proc.stderr.decode()
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
-    rss_kb = int(err.rsplit("@@rss_kb=", 1)[1].split()[0])
-    return elapsed, rss_kb / 1024, proc.stdout.decode()
+    from cutover.measure import run_measured
+
+    m = run_measured(cmd, env)
+    if m.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} failed ({m.returncode}):\n{m.stderr.decode()[-2000:]}")
+    return m.seconds, m.peak_rss_mb, m.stdout.decode()
 
 
 def _churn(base: Path, out: Path, rows: int) -> None:

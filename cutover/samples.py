@@ -10,10 +10,17 @@ of a file generated with the same seed without reading it. Every generated row p
 the samples load with 0 rejects. The data is deliberately awkward where real CSV stores are: names
 in many scripts, notes and drafts with commas, doubled quotes and line breaks, timestamps with and
 without fractions and in several offsets, optional fields left empty.
+
+``generate_with_bad_rows`` writes the same leads file with a share of rows spoiled at seeded random
+positions, one fault each, of every kind the loader must reject, and returns exactly which lines the
+loader must reject, naming which column and why: the oracle for tests of huge, hostile files.
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -217,23 +224,156 @@ def _approvals_chunk(seed: int, start: int, n: int, leads_rows: int) -> pl.DataF
     })
 
 
+def _chunk_maker(table: str, rows: int, seed: int,
+                 leads_rows: int | None) -> tuple[tuple[str, ...], Callable[[int, int], pl.DataFrame]]:
+    if table == "leads":
+        return LEADS_HEADER, lambda s, n: _leads_chunk(seed, s, n)
+    if table == "approvals":
+        parents = leads_rows if leads_rows is not None else rows
+        if parents < 1 and rows:
+            raise ValueError("approvals need at least one lead to refer to (leads_rows >= 1)")
+        return APPROVALS_HEADER, lambda s, n: _approvals_chunk(seed, s, n, parents)
+    raise ValueError(f"no sample generator for table {table!r} (have: leads, approvals)")
+
+
+def chunk(table: str, rows: int, index: int, *, seed: int = 7,
+          leads_rows: int | None = None) -> tuple[int, pl.DataFrame]:
+    """The rows of the generated chunk that holds row ``index`` of a file of ``rows`` rows, as
+    ``(index of its first row, frame)``: any part of a huge file, without writing the file."""
+    if not 0 <= index < rows:
+        raise IndexError(f"row {index} of a {rows}-row file")
+    start = index - index % CHUNK_ROWS
+    return start, _chunk_maker(table, rows, seed, leads_rows)[1](start, min(CHUNK_ROWS, rows - start))
+
+
+def _write(f, frame: pl.DataFrame) -> None:
+    frame.write_csv(f, include_header=False, quote_style="necessary", line_terminator="\n")
+
+
 def generate(table: str, rows: int, out: Path, *, seed: int = 7, leads_rows: int | None = None) -> int:
     """Write ``rows`` rows of ``table`` to ``out`` (atomically); returns the number written.
 
     ``approvals`` refer to the first ``leads_rows`` leads of the leads file with the same seed
     (default: as many leads as approvals)."""
-    if table == "leads":
-        chunk, header = (lambda s, n: _leads_chunk(seed, s, n)), LEADS_HEADER
-    elif table == "approvals":
-        parents = leads_rows if leads_rows is not None else rows
-        if parents < 1 and rows:
-            raise ValueError("approvals need at least one lead to refer to (leads_rows >= 1)")
-        chunk, header = (lambda s, n: _approvals_chunk(seed, s, n, parents)), APPROVALS_HEADER
-    else:
-        raise ValueError(f"no sample generator for table {table!r} (have: leads, approvals)")
+    header, make = _chunk_maker(table, rows, seed, leads_rows)
     with atomic_write(Path(out)) as f:
         f.write((",".join(header) + "\n").encode())
         for start in range(0, rows, CHUNK_ROWS):
-            frame = chunk(start, min(CHUNK_ROWS, rows - start))
-            frame.write_csv(f, include_header=False, quote_style="necessary", line_terminator="\n")
+            _write(f, make(start, min(CHUNK_ROWS, rows - start)))
     return rows
+
+
+# --- hostile files: bad rows sprinkled over a huge file, and the exact rejects they must cause ----------
+
+BAD_KINDS = ("uuid", "timestamp", "scale", "enum", "nul", "ragged", "duplicate", "not_null")
+_BAD_SALT = 0xBAD
+_IMPOSSIBLE = ["2024-02-30T10:00:00Z", "2023-02-29 12:00:00+00:00", "2023-13-01T00:00:00Z",
+               "2023-06-15T24:30:00Z", "2023-06-15T23:60:00.000001Z", "2023-04-31T08:15:00-05:00"]
+_NOT_A_STATUS = ["pending", "New", "won ", "closed", "LOST", "qualifed"]
+_REQUIRED = ("id", "created_at", "updated_at", "first_name", "last_name", "email", "status")
+_TEXT = ("first_name", "last_name", "email", "street", "notes")
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row the loader must reject: ``line`` is where its record starts (the header is line 1),
+    ``column`` the column it must name (``None`` for a record with the wrong number of fields)."""
+
+    row: int  # 0-based index among the data rows
+    line: int
+    column: str | None
+    kind: str  # one of BAD_KINDS
+
+
+def _spoil(kind: str, v: int, row: dict, seed: int, source: int) -> tuple[str | None, object]:
+    """(column, spoiled value) for one bad row; ``v`` is the row's random draw."""
+    if kind == "uuid":
+        col = ("id", "agent_id")[v % 2]
+        base = row[col] or row["id"]
+        return col, [base[:-1], base.replace("-", ""), base[:10] + "z" + base[11:], "not-a-uuid"][v // 2 % 4]
+    if kind == "timestamp":
+        return ("created_at", "updated_at")[v % 2], _IMPOSSIBLE[v // 2 % len(_IMPOSSIBLE)]
+    if kind == "scale":  # a third decimal that is not zero: it would be rounded
+        return "budget", f"{v % 2_000_000 + 1_000}.{v // 7 % 100:02d}{v // 11 % 9 + 1}"
+    if kind == "enum":
+        return "status", _NOT_A_STATUS[v % len(_NOT_A_STATUS)]
+    if kind == "nul":
+        col = _TEXT[v % len(_TEXT)]
+        base = row[col] or "Ana"
+        at = v // 7 % (len(base) + 1)
+        return col, base[:at] + "\x00" + base[at:]
+    if kind == "not_null":
+        return _REQUIRED[v % len(_REQUIRED)], None
+    if kind == "duplicate":
+        return "id", lead_ids(seed, source, source + 1)[0]
+    raise ValueError(kind)
+
+
+def _ragged(frame: pl.DataFrame, extra: bool) -> bytes:
+    """One row written with one field too many or too few (``agent_id``, the last field, has no comma)."""
+    buf = io.BytesIO()
+    _write(buf, frame)
+    text = buf.getvalue().removesuffix(b"\n")
+    return (text + b",surplus" if extra else text.rsplit(b",", 1)[0]) + b"\n"
+
+
+def generate_with_bad_rows(rows: int, out: Path, *, seed: int = 7, share: float = 0.001) -> list[BadRow]:
+    """Write the leads file ``generate("leads", rows, out, seed=seed)`` would, except that about
+    ``share`` of its rows (at least one of each kind of ``BAD_KINDS`` when there is room) are spoiled
+    at seeded random positions, one fault each: a bad UUID, an impossible timestamp, a budget beyond
+    its scale, a status outside its enum, a NUL in text, a record with one field too many or too
+    few, a key copied from another row, an empty required value. Streamed chunk by chunk, like
+    ``generate``: memory stays bounded at any size.
+
+    Returns every row the loader must reject, ordered by line: a copied key makes both rows
+    ambiguous, so each ``duplicate`` comes with the row it copied (also of kind ``duplicate``)."""
+    rng = np.random.default_rng([seed, _BAD_SALT, rows])
+    n_bad = min(max(round(rows * share), len(BAD_KINDS)), rows // 2)
+    kinds = np.resize(np.arange(len(BAD_KINDS)), n_bad)
+    rng.shuffle(kinds)
+    n_dup = int((kinds == BAD_KINDS.index("duplicate")).sum())
+    picked = rng.choice(rows, size=n_bad + n_dup, replace=False) if n_bad else np.empty(0, dtype=np.int64)
+    draws = rng.integers(0, 1 << 40, n_bad)
+    sources = iter(picked[n_bad:].tolist())
+    bad = {}  # row -> (kind, draw, source row of a duplicate)
+    for row, kind, v in zip(picked[:n_bad].tolist(), kinds.tolist(), draws.tolist()):
+        dup = BAD_KINDS[kind] == "duplicate"
+        bad[row] = (BAD_KINDS[kind], v, next(sources) if dup else -1)
+    copied = {src for _, _, src in bad.values() if src >= 0}
+    found: list[BadRow] = []
+    line = 2
+    with atomic_write(Path(out)) as f:
+        f.write((",".join(LEADS_HEADER) + "\n").encode())
+        for start in range(0, rows, CHUNK_ROWS):
+            n = min(CHUNK_ROWS, rows - start)
+            frame = _leads_chunk(seed, start, n)
+            here = sorted(r for r in bad if start <= r < start + n)
+            spoiled: dict[str, tuple[list[int], list]] = {}
+            named: dict[int, tuple[str, str | None]] = {c: ("duplicate", "id") for c in copied
+                                                        if start <= c < start + n}
+            for r in here:
+                kind, v, src = bad[r]
+                col = None
+                if kind != "ragged":
+                    col, value = _spoil(kind, v, frame.row(r - start, named=True), seed, src)
+                    spoiled.setdefault(col, ([], []))
+                    spoiled[col][0].append(r - start)
+                    spoiled[col][1].append(value)
+                named[r] = (kind, col)
+            for col, (at, values) in spoiled.items():
+                s = frame.get_column(col).clone()
+                s.scatter(at, values)
+                frame = frame.with_columns(s)
+            breaks = frame.select(pl.sum_horizontal(
+                pl.col(pl.String).str.count_matches("\n", literal=True).fill_null(0))).to_series().to_numpy()
+            before = np.concatenate(([0], np.cumsum(breaks)[:-1]))
+            for r, (kind, col) in sorted(named.items()):
+                found.append(BadRow(r, int(line + r - start + before[r - start]), col, kind))
+            at = start
+            for r in (r for r in here if bad[r][0] == "ragged"):
+                _write(f, frame.slice(at - start, r - at))
+                f.write(_ragged(frame.slice(r - start, 1), extra=bool(bad[r][1] % 2)))
+                at = r + 1
+            _write(f, frame.slice(at - start, start + n - at))
+            line += n + int(breaks.sum())
+    return found

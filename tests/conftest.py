@@ -52,6 +52,13 @@ def pg_server(tmp_path_factory) -> str:
     server.cleanup()
 
 
+@pytest.fixture(autouse=True)
+def _soak_only_when_asked(request):
+    """Tests marked ``soak`` (long campaigns, huge files) run only when asked for: ``make soak``."""
+    if request.node.get_closest_marker("soak") and "soak" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("soak test: run it with `make soak` (pytest -m soak)")
+
+
 @pytest.fixture
 def db_url(pg_server) -> str:
     """A brand-new empty database for this test; dropped afterwards."""

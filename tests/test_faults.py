@@ -75,12 +75,6 @@ def _moments(n: int, rng: random.Random):
         yield from points
 
 
-@pytest.fixture(autouse=True)
-def _soak_only_when_asked(request):
-    if request.node.get_closest_marker("soak") and "soak" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("soak campaign: run it with `make soak` (pytest -m soak)")
-
-
 # -------------------------------------------------------------------------------------- plumbing
 
 def _connect(url: str) -> psycopg.Connection:

@@ -70,3 +70,47 @@ def test_shipped_samples_are_what_the_generator_makes(tmp_path):
         out = tmp_path / f"{table}.csv"
         samples.generate(table, rows, out, seed=7, **kw)
         assert out.read_bytes() == (ROOT / "data" / f"{table}.csv").read_bytes(), f"regenerate data/{table}.csv"
+
+
+
+def _records(path):
+    """(line where the record starts, its fields) for every data record, read with the csv module."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        start = 2
+        for fields in reader:
+            yield start, fields
+            start = reader.line_num + 1
+
+
+def test_bad_rows_are_exactly_where_the_generator_says(tmp_path):
+    """The oracle of the huge-file tests, checked without the loader: the hostile file differs from the
+    clean one exactly at the rows it reports (but the rows whose key another row copied), each at the line
+    it reports, in the one column it names (a ragged row: in its number of fields)."""
+    rows, clean, hostile = samples.CHUNK_ROWS + 5_000, tmp_path / "clean.csv", tmp_path / "hostile.csv"
+    samples.generate("leads", rows, clean, seed=4)
+    bad = samples.generate_with_bad_rows(rows, hostile, seed=4, share=0.002)
+    assert [b.line for b in bad] == sorted(b.line for b in bad)
+    assert {b.kind for b in bad} == set(samples.BAD_KINDS)
+    spoiled = [b for b in bad if b.kind != "duplicate"] + [b for b in bad if b.kind == "duplicate"][::2]
+    assert abs(len(spoiled) - rows * 0.002) <= 1
+
+    by_row = {b.row: b for b in bad}
+    seen, changed, dup_keys = {}, set(), []
+    for row, ((line, want), (hline, got)) in enumerate(zip(_records(clean), _records(hostile), strict=True)):
+        if row in by_row:
+            seen[row] = hline
+            b = by_row[row]
+            if b.kind == "ragged":
+                assert len(got) in (len(want) - 1, len(want) + 1) and got[:15] == want[:15]
+            else:
+                assert [c for c, x, y in zip(samples.LEADS_HEADER, want, got) if x != y] in ([b.column], [])
+            if b.kind == "duplicate":
+                dup_keys.append(got[0])
+        if want != got:
+            changed.add(row)
+    assert seen == {b.row: b.line for b in bad}
+    assert changed == {b.row for b in bad} - {b.row for b in bad if b.kind == "duplicate" and b.row not in changed}
+    assert len(changed & {b.row for b in bad if b.kind == "duplicate"}) == len(dup_keys) // 2
+    assert all(dup_keys.count(k) == 2 for k in dup_keys)  # each copied key: the copy and its source
