@@ -3,10 +3,18 @@
 GX works through a SQL data source, so every expectation is pushed down to SQL: nothing is loaded
 into memory, whatever the table's size. The connection string reaches GX only as the environment
 substitution ``${CUTOVER_GX_DB_URL}`` (set in this process, never written to a file), so GX's
-config, logs and errors show the placeholder, not the password. GX is imported on first use: it
-costs seconds, and commands that do not validate must not pay for it.
+config, logs and errors show the placeholder, not the password; it is in the environment only
+while a run needs it, and removed afterwards.
 
-One ephemeral GX context per process, with progress bars off; a run is safe from one thread at a time.
+GX is imported on first use: it costs seconds, and commands that do not validate must not pay for
+it. ``warm_up`` starts that import (and the context) in a background thread, so that a validation
+can overlap it with staging the CSV. One ephemeral GX context per process, with progress bars off;
+runs are serialized (one at a time, from any thread).
+
+Each suite runs first without example rows (``partial_unexpected_count`` 0: GX then asks for them
+with ``LIMIT 0``, which PostgreSQL answers without scanning); only the expectations that failed are
+run again to fetch their examples. A passing expectation has no examples, so the results are the
+same as one run with examples, without a full scan per expectation that finds nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 URL_ENV = "CUTOVER_GX_DB_URL"
 MAX_EXAMPLES = 5
-_lock = threading.Lock()
+_lock = threading.Lock()  # one GX run at a time
+_context_lock = threading.Lock()  # one import and context build
 _context = None
 
 
@@ -64,18 +73,39 @@ def sqlalchemy_url(conninfo: str) -> str:
 
 def _gx_context():
     global _context
-    if _context is None:
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+    with _context_lock:
+        if _context is None:
+            _context = _build_context()
+        return _context
 
-        for name in list(logging.root.manager.loggerDict):  # GX sets some of its loggers to INFO on import
-            if name.startswith("great_expectations"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-        _context = gx.get_context(mode="ephemeral")
-        _context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    return _context
+
+def warm_up() -> None:
+    """Import GX and build its context in a background thread (no-op once done): the import is
+    seconds of CPU that a caller can overlap with I/O. A failure here is raised again by the run."""
+    if _context is not None:
+        return
+
+    def build():
+        try:
+            _gx_context()
+        except Exception:  # the run that needs the context raises it with its own traceback
+            logging.getLogger("cutover.gx").debug("GX warm-up failed", exc_info=True)
+
+    threading.Thread(target=build, name="cutover-gx-warmup", daemon=True).start()
+
+
+def _build_context():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    for name in list(logging.root.manager.loggerDict):  # GX sets some of its loggers to INFO on import
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
 
 
 def _result(raw: dict) -> CheckResult:
@@ -103,31 +133,64 @@ def _result(raw: dict) -> CheckResult:
     )
 
 
-def run_suite(conninfo: str, suite: dict, schema: str, table: str) -> list[CheckResult]:
-    """Validate the table or view ``schema.table`` against ``suite`` (GX's JSON form); one result
-    per expectation."""
+INDEX = "cutover_index"  # meta key: an expectation's position in the suite, across the two passes
+
+
+def _index(raw: dict) -> int:
+    return raw["expectation_config"]["meta"][INDEX]
+
+
+def _needs_examples(raw: dict) -> bool:
+    """A failed expectation whose examples the first pass (without examples) left out."""
+    result = raw.get("result") or {}
+    return not raw.get("success") and "partial_unexpected_list" in result and bool(result.get("unexpected_count"))
+
+
+def _validate(ctx, batch, name: str, expectations: list[dict], meta: dict | None, examples: int) -> list[dict]:
     from great_expectations import ValidationDefinition
     from great_expectations.core.expectation_suite import ExpectationSuite
 
+    try:
+        gx_suite = ctx.suites.add(ExpectationSuite(name=name, expectations=expectations, meta=meta))
+        definition = ctx.validation_definitions.add(ValidationDefinition(name=name, data=batch, suite=gx_suite))
+        outcome = definition.run(result_format={"result_format": "SUMMARY", "partial_unexpected_count": examples})
+        return outcome.to_json_dict()["results"]
+    finally:
+        for remove in (lambda: ctx.validation_definitions.delete(name), lambda: ctx.suites.delete(name)):
+            try:
+                remove()
+            except Exception:  # cleanup of an in-memory context: nothing to recover
+                pass
+
+
+def run_suite(conninfo: str, suite: dict, schema: str, table: str) -> list[CheckResult]:
+    """Validate the table or view ``schema.table`` against ``suite`` (GX's JSON form); one result
+    per expectation."""
     with _lock:
-        os.environ[URL_ENV] = sqlalchemy_url(conninfo)
         ctx = _gx_context()
         name = f"cutover-{uuid.uuid4().hex[:12]}"
-        source = ctx.data_sources.add_postgres(name, connection_string="${" + URL_ENV + "}")
+        os.environ[URL_ENV] = sqlalchemy_url(conninfo)
         try:
-            batch = source.add_table_asset(table, table_name=table, schema_name=schema) \
-                .add_batch_definition_whole_table("all")
-            # Expectation ids are assigned by GX; the file's own are not needed to run.
-            expectations = [{k: v for k, v in e.items() if k != "id"} for e in suite["expectations"]]
-            gx_suite = ctx.suites.add(ExpectationSuite(name=name, expectations=expectations, meta=suite.get("meta")))
-            definition = ctx.validation_definitions.add(ValidationDefinition(name=name, data=batch, suite=gx_suite))
-            outcome = definition.run(result_format={"result_format": "SUMMARY",
-                                                    "partial_unexpected_count": MAX_EXAMPLES})
-            return [_result(r) for r in outcome.to_json_dict()["results"]]
-        finally:
-            for remove in (lambda: ctx.validation_definitions.delete(name), lambda: ctx.suites.delete(name),
-                           lambda: ctx.data_sources.delete(name)):
+            source = ctx.data_sources.add_postgres(name, connection_string="${" + URL_ENV + "}")
+            try:
+                batch = source.add_table_asset(table, table_name=table, schema_name=schema) \
+                    .add_batch_definition_whole_table("all")
+                # Expectation ids are assigned by GX; the file's own are not needed to run. Each
+                # carries its position, which its result keeps (GX may reorder results).
+                expectations = [{**{k: v for k, v in e.items() if k != "id"},
+                                 "meta": {**(e.get("meta") or {}), INDEX: i}}
+                                for i, e in enumerate(suite["expectations"])]
+                results = _validate(ctx, batch, name, expectations, suite.get("meta"), 0)
+                failed = {_index(r) for r in results if _needs_examples(r)}
+                if failed:  # again, with examples, only what failed
+                    again = {_index(r): r for r in _validate(ctx, batch, name, [expectations[i] for i in sorted(failed)],
+                                                              suite.get("meta"), MAX_EXAMPLES)}
+                    results = [again.get(_index(r), r) for r in results]
+                return [_result(r) for r in results]
+            finally:
                 try:
-                    remove()
+                    ctx.data_sources.delete(name)
                 except Exception:  # cleanup of an in-memory context: nothing to recover
                     pass
+        finally:
+            os.environ.pop(URL_ENV, None)  # a secret: in the environment only while GX needs it

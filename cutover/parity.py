@@ -12,8 +12,12 @@ are counted as ``rejected_in_source`` and their keys left out of the comparison:
 be "right" about a row the file does not state unambiguously. Parity passes only when every count
 is zero.
 
-The counts are one statement (one snapshot, one full hash join); examples (up to ``EXAMPLES`` keys
-each, with the names of the columns that differ) are fetched only for non-zero counts.
+First the source side alone (staging and the run's rejects, which only this run writes): its row
+count and the keys it is ambiguous about, in one pass over the staged keys. Then the counts are
+one statement over both sides (one snapshot of the target, one full hash join); when the source
+is unambiguous (the usual case) that statement is a bare full join, without the anti-joins that
+leave excluded keys out. Examples (up to ``EXAMPLES`` keys each, with the names of the columns
+that differ) are fetched only for non-zero counts.
 """
 
 from __future__ import annotations
@@ -82,6 +86,29 @@ from s full join t on s.{pk} = t.{pk}""").format(
         pk=pk, differs=_differs(spec), stg=ident("cutover", staging), t=target(spec))
 
 
+def source_query(spec: TableSpec, staging: str) -> sql.Composed:
+    """The source side alone: (rows staged, rows sharing a key, keys shared, rejects of the run,
+    rejects with a key)."""
+    return sql.SQL("""
+select coalesce(sum(n), 0)::bigint, coalesce(sum(n) filter (where n > 1), 0)::bigint, count(*) filter (where n > 1),
+       (select count(*) from cutover.rejects where run_id = %(run)s),
+       (select count(*) from cutover.rejects where run_id = %(run)s and key is not null)
+from (select count(*) n from {stg} group by {pk}) k""").format(pk=ident(spec.primary_key),
+                                                             stg=ident("cutover", staging))
+
+
+def unambiguous_count_query(spec: TableSpec, staging: str) -> sql.Composed:
+    """``count_query`` for a source with no key to leave out: every key is once in each side."""
+    pk = ident(spec.primary_key)
+    return sql.SQL("""
+select count(*) filter (where t.{pk} is null),
+       count(*) filter (where s.{pk} is null),
+       count(*) filter (where s.{pk} is not null and t.{pk} is not null and {differs}),
+       count(t.{pk})
+from {stg} s full join {t} t on s.{pk} = t.{pk}""").format(
+        pk=pk, differs=_differs(spec), stg=ident("cutover", staging), t=target(spec))
+
+
 def examples_query(spec: TableSpec, staging: str, kind: str) -> sql.Composed:
     pk = ident(spec.primary_key)
     if kind == "changed":
@@ -113,8 +140,14 @@ def examples_query(spec: TableSpec, staging: str, kind: str) -> sql.Composed:
 def compare(conn: psycopg.Connection, spec: TableSpec, staging: str, run_id: UUID) -> Parity:
     """Compare the staged file (run ``run_id``) with the target, inside the caller's transaction."""
     params = {"run": run_id}
-    missing, extra, changed, source_rows, target_rows, rejected = conn.execute(
-        count_query(spec, staging), params).fetchone()
+    source_rows, duplicate_rows, duplicate_keys, rejects, keyed_rejects = conn.execute(
+        source_query(spec, staging), params).fetchone()
+    if duplicate_keys or keyed_rejects:
+        missing, extra, changed, source_rows, target_rows, rejected = conn.execute(
+            count_query(spec, staging), params).fetchone()
+    else:
+        missing, extra, changed, target_rows = conn.execute(unambiguous_count_query(spec, staging), params).fetchone()
+        rejected = rejects + duplicate_rows
     counts = {"missing_in_target": missing, "extra_in_target": extra, "changed": changed,
               "rejected_in_source": rejected}
     examples: dict[str, list] = {}

@@ -11,7 +11,9 @@ Steps, each a function so that flows can run them as tasks and the CLI in-proces
 5. ``security``: RLS, policies and role probes (``cutover.security_checks``);
 6. ``finish``: build the report, store it, write its files, drop the staging table.
 ``abort`` records a failed run and drops staging. Without a CSV (e.g. deprecated, archived) the
-source side and parity are skipped and the report cannot pass.
+source side and parity are skipped and the report cannot pass. Steps 3–5 need only what they read:
+``validate_table`` overlaps the target's suite and the probes with staging, and the source's suite
+with parity; the report is the same whatever the order.
 
 The staging run stays ``running`` until the report is stored (``finish`` drops the staging table and
 marks the run succeeded in one transaction), heartbeating while the long steps run. A validation
@@ -25,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -70,12 +73,21 @@ def snapshot(db: Database, plan: ValidationPlan) -> state.TableState:
 
 def stage_source(db: Database, plan: ValidationPlan, map_batches: sync.MapBatches) -> csvscan.FileScan:
     """Load the CSV into the run's staging table, exactly as a sync would (batches in parallel)."""
+    fscan = begin_staging(db, plan)
+    load_staging(db, plan, fscan, map_batches)
+    return fscan
+
+
+def begin_staging(db: Database, plan: ValidationPlan) -> csvscan.FileScan:
+    """Record the run and scan the file: a structural error stops the validation here."""
+    sync.begin(db, plan.staging, kind="validate")
+    return sync.scan(plan.staging)
+
+
+def load_staging(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan, map_batches: sync.MapBatches) -> None:
     stg = plan.staging
-    sync.begin(db, stg, kind="validate")
-    fscan = sync.scan(stg)
     results = list(map_batches(lambda b: sync.load_batch(db, stg, fscan.header, b), list(fscan.batches)))
     finish_staging(db, plan, fscan, results)
-    return fscan
 
 
 def finish_staging(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
@@ -186,19 +198,36 @@ def abort(db: Database, plan: ValidationPlan, error: BaseException) -> None:
 
 
 def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> report.Report:
-    """The whole validation in this process (what ``cutover validate`` runs)."""
+    """The whole validation in this process (what ``cutover validate`` runs).
+
+    GX's import starts first, in the background. Once the file has scanned cleanly, what does not
+    need the staged CSV — the target's suite, the security probes — runs in threads while it loads;
+    once it is staged, the source's suite and parity run side by side. GX runs one suite at a time
+    (``gx_runner``), on its own connection outside the pool; the probes run beside staging, or
+    beside parity, only when the pool has a connection to spare for them."""
+    gx_runner.warm_up()
     before = snapshot(db, plan)
+    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="cutover-validate")
     try:
-        fscan = source = parity_result = None
+        fscan = begin_staging(db, plan) if plan.staging is not None else None
+        target = side.submit(expectations, db, plan, "target")
+        probes = side.submit(security, db, plan) if plan.staging is None or db.pool.max_size > workers else None
+        source = parity_result = None
         if plan.staging is not None:
-            fscan = stage_source(db, plan, sync.thread_map(workers))
+            load_staging(db, plan, fscan, sync.thread_map(workers))
+            compared = side.submit(compare, db, plan)
+            if probes is None and db.pool.max_size > 1:
+                probes = side.submit(security, db, plan)
             source = expectations(db, plan, "source")
-            parity_result = compare(db, plan)
-        target = expectations(db, plan, "target")
-        return finish(db, plan, before, fscan, source, target, parity_result, security(db, plan))
+            parity_result = compared.result()
+        security_result = probes.result() if probes is not None else security(db, plan)
+        return finish(db, plan, before, fscan, source, target.result(), parity_result, security_result)
     except BaseException as exc:
+        side.shutdown(wait=True, cancel_futures=True)  # nothing may still read staging when abort drops it
         abort(db, plan, exc)
         raise
+    finally:
+        side.shutdown(wait=True, cancel_futures=True)
 
 
 def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict:

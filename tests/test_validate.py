@@ -4,6 +4,7 @@ mirror passes, and the gate refuses anything but a passing report of the current
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import psycopg
@@ -70,6 +71,7 @@ def test_a_clean_mirror_passes_and_leaves_a_report_everywhere(mirrored, db, sett
         # self-contained: renders offline, nothing fetched
         assert not re.search(r"(src|href)\s*=|<script|<link|@import|url\(", text, re.I)
     # the probes ran in rolled-back transactions: nothing was left behind
+    assert "CUTOVER_GX_DB_URL" not in os.environ  # the connection string GX resolved is gone again
     assert sql("select count(*) from public.leads") == [(LEADS,)]
     assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%%'") == [(0,)]
     assert sql("select count(*) from pg_views where schemaname = 'cutover'") == [(0,)]
@@ -166,6 +168,9 @@ def test_business_rules_fail_on_the_side_that_breaks_them(mirrored, db, settings
     assert _failed(rep) == {"expectation:target:state matches ^[A-Z]{2}$", "expectation:target:budget >= 0",
                             "expectation:target:updated_at >= created_at", "parity:changed"}
     assert rep.parity["examples"]["changed"] == [{"key": key, "columns": ["updated_at", "state", "budget"]}]
+    examples = {c["rule"]: c["examples"] for c in rep.failed_expectations}
+    assert examples["state matches ^[A-Z]{2}$"] == ["tx"] and examples["budget >= 0"] == ["-1.0"]
+    assert all(c["examples"] == [] for c in rep.expectations["target"] if c["success"])
 
 
 def test_rows_the_loader_rejects_and_duplicate_keys_fail_parity(db, settings, specs):
