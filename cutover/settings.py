@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     lock_timeout_s: float = Field(default=30.0, ge=0)
 
     mass_delete_threshold: float = Field(default=0.10, ge=0, le=1)
-    batch_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)  # ~115k leads rows per batch
+    # ~15k leads rows: a batch in flight costs ~10x its size in memory, and a few are in flight at once
+    # (300 MB peak RSS at any file size); flows on big workers may raise it to map fewer tasks
+    batch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
     retry_attempts: int = Field(default=5, ge=1)
     # A Dask scheduler (tcp://host:8786): the flows then map batch tasks over its workers.
