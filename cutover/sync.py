@@ -47,7 +47,8 @@ from cutover.errors import (ConcurrentChange, CutoverError, MassDeleteRefused, P
                             StructuralError)
 # the plan and results are the steps' API: callers name them through this module too
 from cutover.syncplan import (BatchResult, SyncPlan, SyncResult, _as_source, drop_snapshot,  # noqa: F401
-                              drop_stale_snapshots, plan_sync, take_snapshot, write_rejects_file)
+                              drop_stale_snapshots, plan_sync, reap_dead_runs, take_snapshot,
+                              write_rejects_file)
 from cutover.unchanged import skip_unchanged
 
 log = logging.getLogger("cutover.sync")
@@ -68,10 +69,7 @@ def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
             raise PhaseError(
                 f"{plan.spec.name} is in phase {current.phase}: the database is the source of truth now,"
                 " so the CSV is not synced into it")
-        dead_runs = state.fail_stale_runs(conn, plan.spec.name)
-        for stg in state.finished_staging(conn, plan.spec.name, merge.staging_name(plan.spec.name, "")):
-            conn.execute(merge.drop_staging(stg))  # the dead runs' just failed, and any other run's that is over
-        drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
+        reap_dead_runs(conn, plan)
         state.start_run(conn, plan.run_id, plan.spec.name, kind, current.version, str(plan.csv_path))
         conn.execute(merge.create_staging(plan.spec, plan.staging))
         return current.version

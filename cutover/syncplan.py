@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from cutover import merge
+from cutover import merge, state
 from cutover.atomic import atomic_write
 from cutover.errors import StructuralError
 from cutover.spec import TableSpec
@@ -145,3 +145,12 @@ def write_rejects_file(conn: psycopg.Connection, plan: SyncPlan) -> Path:
             for chunk in cp:
                 f.write(chunk)
     return plan.rejects_file
+
+
+def reap_dead_runs(conn: psycopg.Connection, plan: SyncPlan) -> None:
+    """Fail the table's runs whose heartbeat stopped, and drop every staging table and snapshot whose run
+    is over (theirs, and any other finished run's). Every run start does this, skipped syncs included."""
+    dead_runs = state.fail_stale_runs(conn, plan.spec.name)
+    for stg in state.finished_staging(conn, plan.spec.name, merge.staging_name(plan.spec.name, "")):
+        conn.execute(merge.drop_staging(stg))
+    drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)

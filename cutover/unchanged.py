@@ -16,7 +16,8 @@ import psycopg
 from cutover import bootstrap, state
 from cutover.db import Database
 from cutover.fingerprint import basis, file_sha256
-from cutover.syncplan import SyncPlan, SyncResult, drop_snapshot, take_snapshot, write_rejects_file
+from cutover.syncplan import (SyncPlan, SyncResult, drop_snapshot, reap_dead_runs, take_snapshot,
+                              write_rejects_file)
 
 LAST_MERGE = """select r.run_id, r.csv_sha256, r.csv_bytes, r.basis, r.merged_version, r.rows_read, r.rows_loaded,
                       r.rows_rejected
@@ -56,6 +57,7 @@ def skip_unchanged(db: Database, plan: SyncPlan, started: float | None = None) -
 
     def step(conn: psycopg.Connection) -> SyncResult | None:
         state.table_lock(conn, spec.name)
+        reap_dead_runs(conn, plan)  # as any run start does: a skipped sync must not let a dead run linger
         current = state.get_state(conn, spec.name, for_update=True)
         row = conn.execute(LAST_MERGE, (spec.name,)).fetchone()
         if (current.phase not in state.SYNCABLE or row is None or row[1] != sha

@@ -33,6 +33,8 @@ def dual_write(env, settings, specs, db):
     generate("leads", 2000, settings.csv_path("leads"), seed=SEED)
     operate.run_sync(settings, db, specs, "leads", actor="test")
     assert operate.advance(settings, db, specs, "leads").to_phase == "dual_write"
+    with open(settings.csv_path("leads"), "a") as f:
+        f.write("\n")  # other bytes, the same rows: a sync has a file to load (an unchanged one is skipped)
     return _cli_env(env, CUTOVER_BATCH_BYTES=str(64 << 10))  # several batches: a COPY to block
 
 
