@@ -51,7 +51,7 @@ bench: setup
 	$(PY) bench/bench.py --rows $(ROWS) --repeat $(REPEAT)
 
 # Fault-injection campaigns (tests/test_faults.py, marker soak): SIGKILL at CUTOVER_SOAK_KILLS random
-# moments of a sync (and half as many across the transitions); CUTOVER_SOAK_SEED replays a campaign.
+# moments of a sync (half as many across the transitions, as many of a backup); CUTOVER_SOAK_SEED replays a campaign.
 # Huge files (tests/test_huge.py): a CUTOVER_HUGE_ROWS-row leads file (default 10M, ~2.7 GB, ~25 min)
 # with 0.1% bad rows, synced by the CLI: exact accounting and rejects, peak RSS <= 300 MB.
 CUTOVER_SOAK_KILLS ?= 25

@@ -12,6 +12,7 @@ when the mark is committed): a crash in between re-applies the same changes next
 idempotent. Run it inside a transaction that locks the table against writes (``LOCK ... IN
 EXCLUSIVE MODE``) when the result must include every write up to the commit (a rollback), or
 without the lock for the periodic backup (it then includes every write committed before it read).
+The periodic backup is ``back_up`` (the ``backup`` flow's task and ``cutover backup`` both run it).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from dataclasses import asdict, dataclass
 import psycopg
 from psycopg import sql
 
+from cutover import state
 from cutover.csvstore import CsvStore
 from cutover.ddl import ident, target
+from cutover.errors import PhaseError
 from cutover.spec import TableSpec
 
 
@@ -80,3 +83,15 @@ def apply_changes(conn: psycopg.Connection, spec: TableSpec, store: CsvStore) ->
     store.apply(rows, gone)
     set_mark(conn, spec.name, upto)
     return BackupResult(spec.name, since, upto, len(rows), len(gone))
+
+
+def back_up(conn: psycopg.Connection, spec: TableSpec, store: CsvStore) -> BackupResult:
+    """The periodic backup of a promoted table (caller commits). It holds the table's advisory lock,
+    so it never interleaves with a transition or another backup of the table (application writes
+    go on), and refuses a table that is not (or no longer) ``promoted``."""
+    state.table_lock(conn, spec.name)
+    phase = state.get_state(conn, spec.name).phase
+    if phase != "promoted":
+        raise PhaseError(f"{spec.name} is in phase {phase or '(none)'}, not promoted: its CSV is the source of"
+                         " truth, there is nothing to back up")
+    return apply_changes(conn, spec, store)

@@ -375,6 +375,26 @@ def rollback(
 
 
 @app.command()
+def backup(
+    table: Annotated[str | None, typer.Option("--table", "-t", help="Only this table (default: every promoted one).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring the CSV of each promoted table up to date from the database's change log."""
+    settings = _settings()
+    with _reporting(as_json, settings):
+        from cutover import operate
+        from cutover.db import connect
+
+        specs = _spec(settings, table)[1] if table else _specs(settings)
+        with connect(settings) as db:
+            names = [table] if table else [n for n in specs if operate.current_state(db, n).phase == "promoted"]
+            results = [operate.backup(settings, db, specs, name).as_dict() for name in names]
+        _emit({"backups": results}, as_json, "\n".join(
+            f"{r['table']}: {r['upserted']} upserted, {r['deleted']} deleted (changes {r['from_change']} → {r['to_change']})"
+            for r in results) or "no promoted table")
+
+
+@app.command()
 def generate(
     table: TableOpt,
     rows: Annotated[int, typer.Option(min=0, help="How many rows.")],

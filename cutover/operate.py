@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cutover import gate, phases, reconcile, report, state, sync, transitions, validate
+from cutover import backup as backup_core, gate, phases, reconcile, report, state, sync, transitions, validate
 from cutover.csvstore import CsvStore
 from cutover.db import Database
 from cutover.errors import CutoverError
@@ -97,6 +97,12 @@ def run_validation(settings: Settings, db: Database, specs: dict[str, TableSpec]
 
 def drain_outbox(settings: Settings, db: Database, specs: dict[str, TableSpec], table: str) -> int:
     return reconcile.drain(db, specs[table], CsvStore(settings.csv_path(table), specs[table]), outbox(settings))
+
+
+def backup(settings: Settings, db: Database, specs: dict[str, TableSpec], table: str) -> backup_core.BackupResult:
+    """Bring the CSV of a promoted table up to date from the change log (PhaseError otherwise)."""
+    store = CsvStore(settings.csv_path(table), specs[table])
+    return db.run(lambda conn: backup_core.back_up(conn, specs[table], store), what=f"back up {table}")
 
 
 def runner(settings: Settings, db: Database, specs: dict[str, TableSpec], *, approve_as: str | None,

@@ -12,9 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cutover import backup as backup_core
 from cutover import operate, phases, report, transitions
-from cutover.csvstore import CsvStore
 from tasks import resources
 from tasks.sync import _transient_failure
 
@@ -49,10 +47,7 @@ def drain_outbox(table: str) -> int:
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient_failure)
 def backup_table(table: str) -> dict:
     settings = resources.settings()
-    spec = resources.specs(settings)[table]
-    store = CsvStore(settings.csv_path(table), spec)
-    return resources.database().run(lambda conn: backup_core.apply_changes(conn, spec, store).as_dict(),
-                                    what=f"back up {table}")
+    return operate.backup(settings, resources.database(), resources.specs(settings), table).as_dict()
 
 
 def context(table: str) -> transitions.Context:

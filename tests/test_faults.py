@@ -168,6 +168,23 @@ def _wait_backends_gone(conn: psycopg.Connection, timeout: float = 180) -> None:
     assert not left, f"backends of a killed client still there after {timeout}s: {left}"
 
 
+def _killed_run(args: list[str], env: dict[str, str], logs: Path, delay: float, mon: psycopg.Connection,
+                stage=None) -> tuple[subprocess.Popen, bool, str | None]:
+    """Start ``cutover args``, SIGKILL it ``delay`` seconds in unless it ended first, and wait until the
+    server has seen the client go: (the process, whether it was killed, what was being done then —
+    ``stage()``, by default what the database was doing)."""
+    proc = _start(args, env, logs)
+    during: list[str] = []
+    try:
+        killed = _kill_after(proc, delay, probe=lambda: during.append(stage() if stage else _stage(mon)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _wait_backends_gone(mon)
+    return proc, killed, during[0] if during else None
+
+
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, every: float = 0.01):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -325,15 +342,7 @@ def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills:
             before = _digest(mon)
             delay = next(moments) * duration
             ctx = f"seed={seed} iteration={iteration} kill at {delay:.3f}s of {duration:.2f}s, {current} → {target}"
-            proc = _start(sync, run_env, logs)
-            during: list[str] = []
-            try:
-                killed = _kill_after(proc, delay, probe=lambda: during.append(_stage(mon)))
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            _wait_backends_gone(mon)
+            proc, killed, during = _killed_run(sync, run_env, logs, delay, mon)
             after = _digest(mon)
             new = {k: v for k, v in runs().items() if k not in known}
             assert len(new) <= 1, ctx
@@ -344,7 +353,7 @@ def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills:
                 current = target
                 continue
             stats["kills"] += 1
-            stats["killed_during"][during[0]] = stats["killed_during"].get(during[0], 0) + 1
+            stats["killed_during"][during] = stats["killed_during"].get(during, 0) + 1
             status = next(iter(new.values()))[0] if new else None
             if status == "succeeded":  # killed after its merge committed: all of it is there
                 stats["committed_before_kill"] += 1
@@ -486,15 +495,7 @@ def _transition_kill_campaign(env: dict[str, str], db_url: str, *, kills: int, s
             bound = durations.get(name, durations["advance"])
             delay = next(moments) * bound
             ctx = f"seed={seed} step={step_no} {name} {old} → {new}, kill at {delay:.3f}s of {bound:.2f}s"
-            proc = _start(args, run_env, logs)
-            during: list[str] = []
-            try:
-                killed = _kill_after(proc, delay, probe=lambda: during.append(_stage(mon)))
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            _wait_backends_gone(mon)
+            proc, killed, during = _killed_run(args, run_env, logs, delay, mon)
             phase = _rows(mon, "select phase from cutover.table_state where table_name = 'leads'")[0][0]
             assert phase in (old, new), f"phase {phase} after a killed {name} ({ctx})"
             _phase_is_whole(mon, phase, done + (phase == new), ctx)
@@ -505,7 +506,7 @@ def _transition_kill_campaign(env: dict[str, str], db_url: str, *, kills: int, s
             else:
                 stats["kills"] += 1
                 stats["committed_before_kill"] += phase == new
-                stats["killed_during"][during[0]] = stats["killed_during"].get(during[0], 0) + 1
+                stats["killed_during"][during] = stats["killed_during"].get(during, 0) + 1
             if phase == old:  # rerun to completion
                 stats["reruns"] += 1
                 started = time.monotonic()
@@ -546,6 +547,130 @@ def test_sigkill_at_random_moments_of_transitions_short(env, db_url, tmp_path):
 def test_sigkill_at_random_moments_of_transitions_soak(env, db_url, tmp_path):
     kills = _soak_transition_kills()
     stats = _transition_kill_campaign(env, db_url, kills=kills, seed=_seed(), rows=5000, logs=tmp_path / "logs")
+    assert stats["kills"] == kills
+
+
+def _soak_backup_kills() -> int:
+    """``CUTOVER_SOAK_TRANSITION_KILLS`` if set, else as many as a sync's (a backup is cheap: no validation)."""
+    return int(os.environ.get("CUTOVER_SOAK_TRANSITION_KILLS") or _soak_kills())
+
+
+def _write_while_promoted(mon: psycopg.Connection, rnd: int, changes: int) -> None:
+    """Real work for the next backup, written in the table: ``changes`` rows updated (notes with a quote,
+    a comma and a newline, so the CSV must quote them), a few deleted, as many inserted."""
+    _rows(mon, """update public.leads set notes = %s, updated_at = updated_at + interval '1 second'
+                  where id in (select id from public.leads order by md5(id::text || %s) limit %s)""",
+          (f'round {rnd}: "quoted", and\na second line', str(rnd), changes))
+    _rows(mon, "delete from public.leads where id in (select id from public.leads order by md5(id::text || %s)"
+               " limit 25)", (f"delete {rnd}",))
+    _rows(mon, """insert into public.leads select md5(id::text || %s)::uuid, created_at, updated_at, first_name,
+                  last_name, 'r' || %s || '.' || email, phone, street, city, state, zip, budget, status, source,
+                  'inserted in round ' || %s, agent_id
+                  from public.leads order by md5(id::text || %s) limit 25""",
+          (f"insert {rnd}", str(rnd), str(rnd), f"insert {rnd}"))
+
+
+def _parsed(data: bytes, ctx: str) -> int:
+    """The CSV parses (csv module) with the spec's header and whole records: its number of rows."""
+    from tests.csvdata import LEAD_COLUMNS
+
+    records = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    assert tuple(records[0]) == LEAD_COLUMNS, ctx
+    assert all(len(r) == len(LEAD_COLUMNS) for r in records[1:]), f"a torn record in the CSV ({ctx})"
+    return len(records) - 1
+
+
+def _backup_kill_campaign(env: dict[str, str], db_url: str, *, kills: int, seed: int, rows: int, changes: int,
+                          logs: Path) -> dict:
+    from cutover.samples import generate
+
+    rng = random.Random(seed)
+    moments = _moments(kills, rng)
+    print(f"\nbackup kill campaign: seed={seed} kills={kills} rows={rows} changes={changes}", flush=True)
+    csv_path = Path(env["CUTOVER_DATA_DIR"]) / "leads.csv"
+    run_env = _cli_env(env)
+    mon = _connect(db_url)
+    stats = {"kills": 0, "committed_before_kill": 0, "csv_replaced_mark_old": 0, "ended_before_kill": 0,
+             "killed_during": {}}
+
+    def mark() -> int:
+        found = _rows(mon, "select change_id from cutover.backup_state where table_name = 'leads'")
+        return found[0][0] if found else 0
+
+    def backup(ctx: str) -> dict:
+        code, out, err = _run(["backup", "--table", "leads"], run_env)
+        assert code == 0, f"{ctx}: backup failed: {out} {err[-3000:]}"
+        return out["backups"][0]
+
+    try:
+        generate("leads", rows, csv_path, seed=404)
+        assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+        for _, args, _, new in (ADVANCE, PROMOTE):
+            code, out, err = _run(args, run_env)
+            assert code == 0 and out["to_phase"] == new, err
+        # An unkilled backup with the same amount of work: its duration spreads the kills.
+        _write_while_promoted(mon, 0, changes)
+        started = time.monotonic()
+        first = backup("measured backup")
+        duration = time.monotonic() - started
+        assert first["upserted"] >= changes and first["deleted"] == 25, first
+        print(f"unkilled backup: {duration:.2f}s ({first})", flush=True)
+        rnd = 0
+        while stats["kills"] < kills:
+            rnd += 1
+            assert rnd <= 3 * kills + 4, f"backups keep ending before their kill (seed={seed})"
+            _write_while_promoted(mon, rnd, changes)
+            old_csv, old_mark = csv_path.read_bytes(), mark()
+            target = _rows(mon, "select max(id) from cutover.change_log where table_name = 'leads'")[0][0]
+            assert target > old_mark
+            delay = next(moments) * duration
+            ctx = f"seed={seed} round={rnd}, kill at {delay:.3f}s of {duration:.2f}s"
+            temporary = set(_leftovers(csv_path.parent, ".leads.csv.*.tmp"))
+
+            def stage() -> str:  # the new CSV being written, or what the database is doing
+                writing = set(_leftovers(csv_path.parent, ".leads.csv.*.tmp")) - temporary
+                return "csv rewrite" if writing else _stage(mon)
+
+            proc, killed, during = _killed_run(["backup", "--table", "leads"], run_env, logs, delay, mon, stage)
+            after_kill, killed_mark = csv_path.read_bytes(), mark()
+            _parsed(after_kill, ctx)
+            assert killed_mark in (old_mark, target), f"mark {killed_mark}, not {old_mark} or {target} ({ctx})"
+            assert not (killed_mark == target and after_kill == old_csv), f"mark advanced, CSV old ({ctx})"
+            if not killed:
+                stats["ended_before_kill"] += 1
+                assert proc.returncode == 0 and killed_mark == target, ctx
+            else:
+                stats["kills"] += 1
+                stats["committed_before_kill"] += killed_mark == target
+                stats["csv_replaced_mark_old"] += killed_mark == old_mark and after_kill != old_csv
+                stats["killed_during"][during] = stats["killed_during"].get(during, 0) + 1
+            # The rerun completes; no write came in between, so a CSV the killed run replaced is exactly
+            # what the completed backup writes.
+            rerun = backup(ctx)
+            done = csv_path.read_bytes()
+            assert after_kill in (old_csv, done), f"the killed backup left a CSV no backup writes ({ctx})"
+            assert mark() == target and rerun["to_change"] == target, ctx
+            assert _parsed(done, ctx) == _rows(mon, "select count(*) from public.leads")[0][0], ctx
+            code, out, err = _run(["parity", "--table", "leads"], run_env)
+            assert code == 0 and out["passed"], f"{ctx}: CSV and table differ: {out} {err[-2000:]}"
+        stats["leftover_temporary_files"] = _leftovers(csv_path.parent, ".leads.csv.*.tmp")
+        print(f"backup kill campaign done: {stats} unkilled={duration:.2f}s", flush=True)
+        return stats
+    finally:
+        mon.close()
+
+
+def test_sigkill_at_random_moments_of_a_backup_short(env, db_url, tmp_path):
+    stats = _backup_kill_campaign(env, db_url, kills=4, seed=_seed(SHORT_SEED), rows=20_000, changes=4000,
+                                  logs=tmp_path / "logs")
+    assert stats["kills"] == 4
+
+
+@pytest.mark.soak
+def test_sigkill_at_random_moments_of_a_backup_soak(env, db_url, tmp_path):
+    kills = _soak_backup_kills()
+    stats = _backup_kill_campaign(env, db_url, kills=kills, seed=_seed(), rows=50_000, changes=10_000,
+                                  logs=tmp_path / "logs")
     assert stats["kills"] == kills
 
 

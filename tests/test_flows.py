@@ -307,3 +307,19 @@ def test_batches_run_unchanged_on_a_dask_cluster(samples_dir, sql, monkeypatch):
         ran_on_dask = {p for p in cluster.scheduler.task_prefixes if "load" in p}
         assert ran_on_dask, sorted(cluster.scheduler.task_prefixes)
     assert sql("select md5(string_agg(l::text, '|' order by id)) from public.leads l") == threads
+
+
+def test_backup_flow_runs_the_cli_core_on_promoted_tables_only(samples_dir, sql, settings, db, specs):
+    from cutover import operate
+    from flows.maintenance import backup
+    from flows.mirror import mirror
+
+    mirror()
+    operate.advance(settings, db, specs, "leads")
+    operate.advance(settings, db, specs, "leads", approve_as="Dana")
+    sql("update public.leads set notes = 'written in the table' where id = (select min(id::text)::uuid from public.leads)")
+    result = backup()
+    assert list(result) == ["leads"] and (result["leads"]["upserted"], result["leads"]["deleted"]) == (1, 0)
+    assert "written in the table" in (samples_dir / "leads.csv").read_text()
+    assert backup(["approvals"]) == {}  # still in mirror: its CSV is the truth
+    assert _artifact("backup") is not None

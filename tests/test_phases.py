@@ -256,3 +256,39 @@ def test_shadow_reads_count_what_the_table_disagrees_on(table, db, settings, spe
         assert app.leads.shadow_mismatches == 1
     finally:
         app.close()
+
+
+def _cli(env, *args):
+    import os
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([str(Path(sys.executable).parent / "cutover"), *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+    return done.returncode, (json.loads(done.stdout) if "--json" in args else done.stdout), done.stderr
+
+
+def test_cutover_backup_brings_the_csv_of_a_promoted_table_up_to_date(table, db, settings, specs, sql, env, db_url):
+    code, out, _ = _cli(env, "backup", "--table", "leads", "--json")
+    assert code == 5 and "leads is in phase mirror, not promoted" in out["error"] and out["exit_code"] == 5
+    assert _cli(env, "backup", "--json")[:2] == (0, {"backups": []})  # nothing promoted: nothing to do
+    _advance(db, settings, specs)
+    _advance(db, settings, specs, approve_as="Dana")
+    before = settings.csv_path("leads").read_bytes()
+    with psycopg.connect(db_url) as conn:  # as an agent would through the API
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps({"sub": AGENT}),))
+        conn.execute("update public.leads set notes = 'backed up' where id = %s", (lead(0)["id"],))
+        conn.execute("delete from public.leads where id = %s", (lead(1)["id"],))
+    assert settings.csv_path("leads").read_bytes() == before
+    code, out, err = _cli(env, "backup", "--json")
+    assert code == 0, err
+    [r] = out["backups"]
+    assert (r["table"], r["upserted"], r["deleted"]) == ("leads", 1, 1) and r["to_change"] > r["from_change"]
+    assert sql("select change_id from cutover.backup_state where table_name = 'leads'") == [(r["to_change"],)]
+    text = settings.csv_path("leads").read_text()
+    assert '"backed up"' in text and lead(1)["id"] not in text
+    assert _cli(env, "parity", "--table", "leads", "--json")[0] == 0
+    code, human, _ = _cli(env, "backup", "--table", "leads")  # again: nothing left, the CSV untouched
+    assert code == 0 and human.strip() == f"leads: 0 upserted, 0 deleted (changes {r['to_change']} → {r['to_change']})"
+    assert settings.csv_path("leads").read_text() == text
