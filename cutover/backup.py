@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import psycopg
 from psycopg import sql
 
-from cutover import state
+from cutover import bootstrap, state
 from cutover.csvstore import CsvStore
 from cutover.ddl import ident, target
 from cutover.errors import PhaseError
@@ -89,6 +89,8 @@ def back_up(conn: psycopg.Connection, spec: TableSpec, store: CsvStore) -> Backu
     """The periodic backup of a promoted table (caller commits). It holds the table's advisory lock,
     so it never interleaves with a transition or another backup of the table (application writes
     go on), and refuses a table that is not (or no longer) ``promoted``."""
+    if not bootstrap.is_bootstrapped(conn):  # nothing was ever mirrored here
+        raise PhaseError(f"{spec.name} is not mirrored yet (the database has no cutover schema): nothing to back up")
     state.table_lock(conn, spec.name)
     phase = state.get_state(conn, spec.name).phase
     if phase != "promoted":

@@ -58,6 +58,7 @@ from cutover.spec import TableSpec
 Row = dict[str, str | None]
 BATCH_BYTES = 1 << 20  # peak memory is ~20-30x this (numpy indexes, polars buffers), so keep it small
 _MAX_HEADER_BYTES = csvscan.MAX_HEADER_BYTES
+DEAD_TEMPORARY_S = 600  # a rewrite that has not touched its temporary file for this long was killed
 
 
 class StoreLocked(CutoverError):
@@ -352,12 +353,25 @@ class CsvStore:
                     time.sleep(min(delay, left))
                     delay = min(delay * 2, 0.01)
             held[name] = 1
+            self._reap_dead_temporaries()
             try:
                 yield
             finally:
                 del held[name]
         finally:
             os.close(fd)  # releases the flock
+
+    def _reap_dead_temporaries(self) -> None:
+        """Remove the temporary files of writers killed mid-rewrite (``atomic_write``'s
+        ``.<name>.*.tmp``). Called under the lock; a file untouched for ``DEAD_TEMPORARY_S`` is taken
+        for dead, so a writer that replaces the file without the lock (see above) keeps its own."""
+        cutoff = time.time() - DEAD_TEMPORARY_S
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except OSError:  # gone already, or a read-only store: nothing to clean, nothing lost
+                pass
 
     # ---------------------------------------------------------------------------------- reading
 

@@ -135,6 +135,17 @@ def test_scan_filters_and_keyset_pagination(store, batch_bytes):
         store.scan({"nope": "x"})
 
 
+def test_a_killed_rewrite_s_temporary_file_is_removed_by_the_next_writer(store):
+    store.apply([lead(1)])
+    dead, live = (store.path.parent / f".{store.path.name}.{tag}.tmp" for tag in ("dead1234", "live5678"))
+    for tmp in (dead, live):
+        tmp.write_bytes(b"half a file")
+    old = time.time() - csvstore.DEAD_TEMPORARY_S - 60
+    os.utime(dead, (old, old))
+    store.apply([lead(2)])
+    assert not dead.exists() and live.exists()  # a fresh one may belong to a live writer
+
+
 def test_apply_replaces_in_place_appends_and_deletes_in_one_rewrite(store, monkeypatch):
     rows = [lead(i) for i in range(6)]
     store.apply(rows)

@@ -268,6 +268,11 @@ def _cli(env, *args):
     return done.returncode, (json.loads(done.stdout) if "--json" in args else done.stdout), done.stderr
 
 
+def test_cutover_backup_before_anything_was_mirrored_says_so(env):
+    code, out, _ = _cli(env, "backup", "--table", "leads", "--json")
+    assert (code, out["exit_code"]) == (5, 5) and "not mirrored yet" in out["error"], out
+
+
 def test_cutover_backup_brings_the_csv_of_a_promoted_table_up_to_date(table, db, settings, specs, sql, env, db_url):
     code, out, _ = _cli(env, "backup", "--table", "leads", "--json")
     assert code == 5 and "leads is in phase mirror, not promoted" in out["error"] and out["exit_code"] == 5
