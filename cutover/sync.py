@@ -258,7 +258,7 @@ class _NeedsStaging(Exception):
 
 
 def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvscan.Batch], workers: int):
-    """(batch, COPY bytes, rejects, rows read) in file order, parsed by ``workers`` threads at most
+    """(batch, COPY bytes, rows typed, rejects, rows read) in file order, parsed by ``workers`` threads at most
     that many batches ahead of the consumer: memory stays a few batches, whatever the file's size."""
     def parse(batch: csvscan.Batch):
         typed, rejects, read = parse_batch(plan, header, batch)
@@ -319,6 +319,8 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                         raise _NeedsStaging
             except (pgerr.UniqueViolation, pgerr.ForeignKeyViolation, _NeedsStaging):
                 return None
+        if read != loaded + rejected:
+            raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
         return _finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
                        inserted=loaded, updated=0, deleted=0, method="direct")
 
