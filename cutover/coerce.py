@@ -167,9 +167,9 @@ def coerce(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series) -> tuple[pl.Dat
     line/column/value/reason/key). Rows whose timestamps all have the common shape skip the general
     timestamp rule (the costly part); the outcome is the same either way."""
     fast, general = _split_fast(raw.with_columns(lines.alias("_line")), spec)
-    parts = [_typed(frame, spec, frame is fast) for frame in (fast, general) if frame.height]
-    if not parts:
+    if general.height == 0:
+        return _typed(fast, spec, True)
+    if fast.height == 0:
         return _typed(general, spec, False)
-    if len(parts) == 1:
-        return parts[0]
-    return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
+    (good_fast, rejects_fast), (good, rejects) = _typed(fast, spec, True), _typed(general, spec, False)
+    return pl.concat([good_fast, good]), pl.concat([rejects_fast, rejects])

@@ -165,9 +165,10 @@ def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileSc
             digest.update(block)
             pending = carry + block
             tail = _incomplete_utf8_tail(pending) if len(block) == batch_bytes else 0
-            if not _is_utf8(pending[: len(pending) - tail]):
+            complete = pending[: len(pending) - tail]
+            if not _is_utf8(complete):
                 try:
-                    pending[: len(pending) - tail].decode("utf-8")
+                    complete.decode("utf-8")
                 except UnicodeDecodeError as e:  # the slow decoder finds where
                     _raise_utf8(path, offset - len(carry) + e.start)
             carry = pending[len(pending) - tail:]

@@ -795,6 +795,20 @@ def _waiting(mon: psycopg.Connection, like: str) -> list[tuple]:
                            and wait_event_type = 'Lock' and query ilike %s""", (like,))
 
 
+def _restart_under(server, proc: subprocess.Popen, what: str, *conns: psycopg.Connection) -> int:
+    """Crash-restart ``server`` while ``proc`` works (the test's connections die with it): its exit code."""
+    print(f"\nrestart during {what}: {server.restart():.2f}s", flush=True)
+    for conn in conns:
+        conn.close()
+    return proc.wait(600)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def _reconnect(url: str, timeout: float = 60) -> psycopg.Connection:
     deadline = time.monotonic() + timeout
     while True:
@@ -840,14 +854,9 @@ def test_database_restart_in_the_middle_of_a_sync(own_server, own_env, sample_fi
             else:
                 _wait_for(lambda: _waiting(mon, "delete from%"), 300, "the merge's DELETE", proc)
             # restart while the test still holds the lock: releasing it first would let the sync run on
-            print(f"\nrestart during {stage}: {own_server.restart():.2f}s", flush=True)
-            mon.close()
-            holder.close()
-            code = proc.wait(600)
+            code = _restart_under(own_server, proc, stage, mon, holder)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _reap(proc)
         out = _result(proc)
         mon = _reconnect(url)
         _wait_backends_gone(mon)
@@ -899,14 +908,9 @@ def test_database_restart_in_the_middle_of_a_transition(own_server, own_env, tmp
         try:
             _wait_for(lambda: _waiting(mon, "%trigger%"), 300, "the transition to reach its DDL", proc)
             assert _rows(mon, "select phase from cutover.table_state") == [("mirror",)]
-            print(f"\nrestart during the transition: {own_server.restart():.2f}s", flush=True)
-            mon.close()
-            holder.close()
-            code = proc.wait(600)
+            code = _restart_under(own_server, proc, "the transition", mon, holder)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _reap(proc)
         out = _result(proc)
         print(f"exit {code}: {out}", flush=True)
         mon = _reconnect(url)
