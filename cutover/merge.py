@@ -201,3 +201,48 @@ def export_rejects() -> sql.SQL:
     return sql.SQL(
         "copy (select line, column_name as column, value, reason from cutover.rejects"
         " where run_id = {run} order by line) to stdout (format csv, header)")
+
+
+# A diff's merge (``cutover.delta``): staging holds only the changed records, and ``gone`` the keys of
+# the baseline's records the new file no longer has. A temporary table: it lives in the merge's
+# transaction only.
+
+def create_gone(spec: TableSpec) -> sql.Composed:
+    pk = spec.column(spec.primary_key)
+    return sql.SQL("create temp table cutover_gone ({pk} {typ} primary key) on commit drop").format(
+        pk=ident(pk.name), typ=sql.SQL(pk.sql_type))
+
+
+def copy_into_gone(spec: TableSpec) -> sql.Composed:
+    return sql.SQL("copy cutover_gone ({}) from stdin (format csv)").format(ident(spec.primary_key))
+
+
+def diff_collides(spec: TableSpec, staging: str) -> sql.Composed:
+    """Whether a staged or rejected row shares its key with a row the diff left alone (an unchanged
+    record): the full load would have found that key twice in the file and rejected both."""
+    pk, stg = ident(spec.primary_key), ident("cutover", staging)
+    col = spec.column(spec.primary_key)
+    match = (sql.SQL("t.{pk} = r.key::{typ}").format(pk=pk, typ=sql.SQL(col.sql_type))
+             if col.type in ("uuid", "text") else sql.SQL("t.{pk}::text = r.key").format(pk=pk))
+    return sql.SQL("""select exists (
+  select 1 from {stg} s join {t} t on t.{pk} = s.{pk}
+  where not exists (select 1 from cutover_gone g where g.{pk} = s.{pk})
+) or exists (
+  select 1 from cutover.rejects r join {t} t on {match}
+  where r.run_id = %(run)s and not exists (select 1 from cutover_gone g where g.{pk} = t.{pk})
+)""").format(stg=stg, t=target(spec), pk=pk, match=match)
+
+
+def _gone_rows(spec: TableSpec, staging: str) -> sql.Composed:
+    return sql.SQL("{t} t join cutover_gone g on g.{pk} = t.{pk} where {gone}").format(
+        t=target(spec), pk=ident(spec.primary_key), gone=_gone(spec, staging))
+
+
+def count_gone(spec: TableSpec, staging: str) -> sql.Composed:
+    return sql.SQL("select count(*) from ") + _gone_rows(spec, staging)
+
+
+def delete_gone(spec: TableSpec, staging: str) -> sql.Composed:
+    pk = ident(spec.primary_key)
+    return sql.SQL("delete from {t} d where d.{pk} in (select t.{pk} from {rows})").format(
+        t=target(spec), pk=pk, rows=_gone_rows(spec, staging))

@@ -39,8 +39,8 @@ import psycopg
 import polars as pl
 from psycopg import errors as pgerr
 
-from cutover import bootstrap, csvscan, merge, state
-from cutover.coerce import coerce
+from cutover import baseline, bootstrap, csvscan, delta, merge, state
+from cutover.coerce import REJECT_SCHEMA, coerce
 from cutover.fingerprint import basis
 from cutover.db import Database
 from cutover.errors import (ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StagingLost,
@@ -101,8 +101,10 @@ def _truncated(col: str) -> pl.Expr:
             .otherwise(value).alias(col))
 
 
-def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Pure CPU work for one batch: (typed good rows, rejects, rows read)."""
+def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.Series,
+                                                                                     pl.DataFrame, int]:
+    """One batch as strings: (the well-formed records in spec column order, their source lines, the
+    rejects of the ragged ones, rows read)."""
     buf = _read(plan.snapshot, batch)
     try:
         idx = csvscan.index_records(buf, batch.first_line, plan.snapshot)
@@ -111,12 +113,12 @@ def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) ->
     ncols = len(header.names)
     counted = ~idx.blank
     good = counted & (idx.fields == ncols)
-    ragged = [
+    ragged = pl.DataFrame([
         {"line": int(idx.lines[i]), "column": None,
          "value": buf[idx.starts[i]:idx.ends[i]].decode("utf-8"),
          "reason": f"expected {ncols} fields, found {int(idx.fields[i])}", "key": None}
         for i in (counted & ~good).nonzero()[0]
-    ]
+    ], schema={"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String})
     if good.all():
         data = buf
     else:  # drop blank and ragged records so that polars sees exactly the good ones
@@ -133,10 +135,23 @@ def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) ->
         raw = raw.select(plan.spec.column_names)
     else:
         raw = pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names})
+    return raw, lines, ragged, int(counted.sum())
+
+
+def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
+              ragged: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(typed good rows, every reject with its value as stored)."""
     typed, rejects = coerce(raw, plan.spec, lines)
-    if ragged:
-        rejects = pl.concat([rejects, pl.DataFrame(ragged, schema=rejects.schema)])
-    return typed, rejects.with_columns(_truncated("value")), int(counted.sum())
+    if ragged.height:
+        rejects = pl.concat([rejects, ragged])
+    return typed, rejects.with_columns(_truncated("value"))
+
+
+def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Pure CPU work for one batch: (typed good rows, rejects, rows read)."""
+    raw, lines, ragged, read = read_raw(plan, header, batch)
+    typed, rejects = type_rows(plan, raw, lines, ragged)
+    return typed, rejects, read
 
 
 def _csv_bytes(df: pl.DataFrame) -> bytes:
@@ -217,15 +232,26 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
         deleted = conn.execute(merge.delete_missing(spec, stg), params).rowcount
         updated = conn.execute(merge.update_changed(spec, stg)).rowcount
         inserted = conn.execute(merge.insert_new(spec, stg)).rowcount
-        return _finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
+        return finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
                        inserted=inserted, updated=updated, deleted=deleted)
 
     result = db.run(step, what=f"merge {spec.name}")
-    drop_snapshot(plan)
+    keep_baseline(plan, fscan, result.read)
     return result
 
 
-def _finish(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
+def keep_baseline(plan: SyncPlan, fscan: csvscan.FileScan, rows: int) -> None:
+    """After a merge commits: its snapshot of the CSV becomes the table's baseline (``cutover.delta``)."""
+    if plan.snapshot.exists():
+        baseline.keep(plan.snapshot, plan.spec.name, fscan, rows, plan.rejects_file.parent)
+    drop_snapshot(plan)  # a link to the baseline's own inode survives the rename: rename(2) leaves both
+
+
+def find_baseline(plan: SyncPlan) -> baseline.Baseline | None:
+    return baseline.find(plan.spec.name, plan.rejects_file.parent)
+
+
+def finish(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
             started: float, *, read: int, loaded: int, rejected: int, inserted: int, updated: int,
             deleted: int, method: str = "staged") -> SyncResult:
     """The end of a merge, inside its transaction: versions, history, rejects file, the run's record,
@@ -257,21 +283,26 @@ class _NeedsStaging(Exception):
     """The file has rows the direct load cannot judge (see ``load_into_empty_target``)."""
 
 
+def in_order(fn: Callable, items: list, workers: int) -> Iterable:
+    """``fn`` of each item, yielded in order, computed by ``workers`` threads at most that many items
+    ahead of the consumer: memory stays a few batches, whatever the file's size."""
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cutover-parse") as pool:
+        ahead = iter(items)
+        pending = deque(pool.submit(fn, item) for item in itertools.islice(ahead, max(1, workers)))
+        while pending:
+            done = pending.popleft().result()
+            if (following := next(ahead, None)) is not None:
+                pending.append(pool.submit(fn, following))
+            yield done
+
+
 def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvscan.Batch], workers: int):
-    """(batch, COPY bytes, rows typed, rejects, rows read) in file order, parsed by ``workers`` threads at most
-    that many batches ahead of the consumer: memory stays a few batches, whatever the file's size."""
+    """(batch, COPY bytes, rows typed, rejects, rows read) in file order (see ``in_order``)."""
     def parse(batch: csvscan.Batch):
         typed, rejects, read = parse_batch(plan, header, batch)
         return batch, _csv_bytes(typed.drop("_line")), typed.height, rejects, read
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cutover-parse") as pool:
-        ahead = iter(batches)
-        pending = deque(pool.submit(parse, b) for b in itertools.islice(ahead, max(1, workers)))
-        while pending:
-            done = pending.popleft().result()
-            if (following := next(ahead, None)) is not None:
-                pending.append(pool.submit(parse, following))
-            yield done
+    return in_order(parse, batches, workers)
 
 
 def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, base_version: int,
@@ -321,12 +352,12 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                 return None
         if read != loaded + rejected:
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
-        return _finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
+        return finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
                        inserted=loaded, updated=0, deleted=0, method="direct")
 
     result = db.run(step, what=f"first load of {spec.name}")
     if result is not None:
-        drop_snapshot(plan)
+        keep_baseline(plan, fscan, result.read)
     return result
 
 
@@ -367,6 +398,8 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged:
         return nothing_to_do
     base_version = begin(db, plan)
     try:
+        # merged before: the last merged file is indexed while this one is scanned, to diff them
+        indexing = delta.start_indexing(db, plan, find_baseline(plan), workers) if base_version else None
         fscan = scan(plan)
         if on_scan:
             on_scan(fscan)
@@ -375,6 +408,10 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged:
                                            on_batch=on_batch)
             if first is not None:
                 return first
+        changes = delta.load_changes(db, plan, fscan, indexing, base_version, started, workers=workers,
+                                     on_batch=on_batch)
+        if changes is not None:
+            return changes
 
         def one(batch: csvscan.Batch) -> BatchResult:
             result = load_batch(db, plan, fscan.header, batch)

@@ -131,7 +131,8 @@ class SyncResult:
     run_id: str
     phase: str
     # how the rows got there: "staged" (staging table, then one merge), "direct" (the first load of an
-    # empty table, one COPY), "unchanged" (the file merged last time: nothing loaded)
+    # empty table, one COPY), "diff" (only the records that differ from the last merged file were typed and
+    # staged), "unchanged" (the file merged last time: nothing loaded)
     method: str = "staged"
 
     def as_dict(self) -> dict:

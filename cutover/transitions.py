@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from cutover import archive, backup, ddl, gate, phases, report, state
+from cutover import archive, backup, baseline, ddl, gate, phases, report, state
 from cutover.csvstore import CsvStore
 from cutover.db import Database
 from cutover.errors import ConcurrentChange, CutoverError
@@ -199,6 +199,8 @@ def execute(ctx: Context, plan: phases.TransitionPlan, runner: Runner, *, actor:
                 uploaded = archive.upload(Path(archived).parent / manifest.archive, Path(archived), ctx.settings)
             with CsvStore(ctx.csv_path, ctx.spec).locked():
                 ctx.csv_path.unlink(missing_ok=True)
+            if ctx.settings is not None:  # the last synced copy of the CSV goes with it
+                baseline.discard(plan.table, ctx.settings.rejects_dir)
         elif isinstance(step, phases.CheckParity):
             after = runner.validate(plan.table)
         else:

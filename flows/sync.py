@@ -17,13 +17,14 @@ from cutover.state import SYNCABLE
 from tasks import resources
 from tasks.artifacts import publish_counts
 from tasks.sync import (abort_sync, begin_sync, load_batch, merge_sync, plan_sync, scan_csv, skip_unchanged,
-                        table_phases)
+                        sync_changes, table_phases)
 
 
 @flow(name="sync-table", flow_run_name="sync {table}")
 def sync_table(table: str, csv: str | None = None, allow_mass_delete: bool = False) -> dict:
-    """One table: plan, begin, scan, load the batches (mapped), merge in one transaction — unless the
-    CSV is the one already merged."""
+    """One table: plan, begin, scan, then merge only the records that changed since the last merged file
+    or, when there is no such file to diff against, load the batches (mapped) and merge them — each in
+    one transaction; nothing at all when the CSV is the one already merged."""
     started = time.time()
     plan = plan_sync(table, csv, allow_mass_delete)
     result = skip_unchanged(plan, started)
@@ -31,8 +32,10 @@ def sync_table(table: str, csv: str | None = None, allow_mass_delete: bool = Fal
         base_version = begin_sync(plan)
         try:
             fscan = scan_csv(plan)
-            loads = load_batch.map(unmapped(plan), unmapped(fscan.header), fscan.batches)
-            result = merge_sync(plan, fscan, loads.result(), base_version, started)
+            result = sync_changes(plan, fscan, base_version, started) if base_version else None
+            if result is None:
+                loads = load_batch.map(unmapped(plan), unmapped(fscan.header), fscan.batches)
+                result = merge_sync(plan, fscan, loads.result(), base_version, started)
         except BaseException as exc:
             abort_sync(plan, f"{type(exc).__name__}: {exc}")
             raise

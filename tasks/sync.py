@@ -79,6 +79,17 @@ def scan_csv(plan: core.SyncPlan) -> csvscan.FileScan:
     return core.scan(plan)
 
 
+@task(cache_policy=NO_CACHE, task_run_name="merge {plan.spec.name}'s changes")
+def sync_changes(plan: core.SyncPlan, fscan: csvscan.FileScan, base_version: int, started: float) -> core.SyncResult | None:
+    """Only the records that differ from the last merged file (``cutover.delta``), in one task: they are
+    few, and the diff needs the whole baseline's index in one process. None: load every batch instead."""
+    from cutover import delta
+
+    db, workers = resources.database(), resources.settings().workers
+    indexing = delta.start_indexing(db, plan, core.find_baseline(plan), workers)
+    return delta.load_changes(db, plan, fscan, indexing, base_version, started, workers=workers)
+
+
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=_transient_failure,
       task_run_name="load {plan.spec.name} batch {batch.index}")
 def load_batch(plan: core.SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> core.BatchResult:

@@ -3,11 +3,13 @@ failures, artifacts, and the deployments of prefect.yaml."""
 
 from __future__ import annotations
 
+
 import os
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -97,6 +99,14 @@ def test_sync_flow_applies_inserts_updates_deletes_then_nothing(samples_dir, sql
 
     again = sync()
     assert all((r["inserted"], r["updated"], r["deleted"]) == (0, 0, 0) for r in again.values())
+
+    # the next edit, written by rename as cutover's CSV store writes, is merged by diffing against the
+    # file merged last: only the new record is typed and staged
+    edited.insert(-1, new_row.replace(new_row.split(",")[0], str(uuid.uuid4())))
+    (samples_dir / "leads.tmp").write_text("\n".join(edited))
+    os.replace(samples_dir / "leads.tmp", leads_csv)
+    results = sync(tables=["leads"])
+    assert (results["leads"]["method"], results["leads"]["inserted"], results["leads"]["updated"]) == ("diff", 1, 0)
 
 
 def test_sync_flow_skips_tables_the_csv_does_not_own(samples_dir, sql):

@@ -1,0 +1,104 @@
+"""The baseline: the exact file a table's last merge loaded, kept for the next sync to diff against.
+
+Contract: after a merge commits, the run's snapshot of the CSV (a hard link, or a copy where the store
+takes no links) is renamed to the table's baseline, ``.<table>.baseline.csv`` in the same folder, and
+a sidecar JSON in cutover's home records its path, sha256, size, inode and modification time, its
+header and its batch boundaries — facts about the bytes, never a hash of polars' (those change
+between versions). One baseline a table, whatever path the CSV was synced from. ``find`` returns the baseline only
+while the file is provably the one recorded: same inode, size and mtime (writers replace the CSV by
+rename, so the baseline's inode is never written again; one written in place changes its mtime).
+Whether the table still holds exactly that file's rows is the caller's to check (``cutover.delta``).
+
+Concurrency: only a committed merge keeps a baseline, under no lock: the sidecar is written after the
+rename, atomically, and names the sha256 of its file, which the caller compares with the last
+successful sync's; two merges racing leave one baseline and a sidecar that either matches it or is
+refused. Failing to keep one is harmless (the next sync loads the whole file) and never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cutover.atomic import atomic_write
+from cutover.csvscan import FileScan
+
+log = logging.getLogger("cutover.baseline")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    path: Path
+    sha256: str
+    size: int
+    inode: int
+    mtime_ns: int
+    names: tuple[str, ...]  # the header, in file order
+    batches: tuple[tuple[int, int], ...]  # [start, end) byte ranges on record boundaries
+    rows: int  # data rows the merge read
+
+
+def _sidecar(registry: Path, table: str) -> Path:
+    return registry / f".{table}.baseline.json"
+
+
+def _recorded_path(sidecar: Path) -> Path | None:
+    try:
+        return Path(json.loads(sidecar.read_bytes())["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def keep(snapshot: Path, table: str, fscan: FileScan, rows: int, registry: Path) -> None:
+    """Make a merged run's snapshot the table's baseline (see the module docstring). The file stays
+    where the snapshot is (a rename keeps the hard link); ``registry`` holds the sidecar."""
+    sidecar = _sidecar(registry, table)
+    data = snapshot.parent / f".{table}.baseline.csv"
+    previous = _recorded_path(sidecar)
+    try:
+        sidecar.unlink(missing_ok=True)  # never a sidecar describing another file, even for an instant
+        os.replace(snapshot, data)
+        st = data.stat()
+        record = Baseline(path=data, sha256=fscan.sha256, size=st.st_size, inode=st.st_ino, mtime_ns=st.st_mtime_ns,
+                          names=fscan.header.names, batches=tuple((b.start, b.end) for b in fscan.batches), rows=rows)
+        registry.mkdir(parents=True, exist_ok=True)
+        with atomic_write(sidecar) as f:
+            f.write(json.dumps({**asdict(record), "path": str(data)}).encode())
+    except OSError as exc:
+        log.warning("could not keep %s's baseline (the next sync loads the whole file): %s", table, exc)
+        _unlink(sidecar, snapshot)
+        return
+    if previous is not None and previous != data:  # the last file merged came from another folder
+        _unlink(previous)
+
+
+def find(table: str, registry: Path) -> Baseline | None:
+    """The table's baseline, if its file is still exactly the one the sidecar describes."""
+    try:
+        raw = json.loads(_sidecar(registry, table).read_bytes())
+        record = Baseline(**{**raw, "path": Path(raw["path"]), "names": tuple(raw["names"]),
+                             "batches": tuple((int(a), int(b)) for a, b in raw["batches"])})
+        st = record.path.stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != (record.inode, record.size, record.mtime_ns):
+        return None
+    return record
+
+
+def discard(table: str, registry: Path) -> None:
+    """Remove the table's baseline (the CSV stops being synced: a stale copy of the data must not linger)."""
+    sidecar = _sidecar(registry, table)
+    data = _recorded_path(sidecar)
+    _unlink(sidecar, *([data] if data else []))
+
+
+def _unlink(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass

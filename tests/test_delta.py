@@ -1,0 +1,212 @@
+"""The diff path (``cutover.delta``) against the staged path, on a real PostgreSQL.
+
+The oracle is the staged path itself: every scenario syncs the old file then the new one by the diff,
+then again with the baseline discarded (the staged path), and the two outcomes — the table's rows,
+the run's counts and its rejects (line, column, value, reason) — must be identical. Scenarios the diff
+must not judge fall back to the staged path, which the run's ``method`` shows.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from cutover import baseline
+from cutover import sync as engine
+from cutover.errors import MassDeleteRefused
+from tests.csvdata import APPROVAL_COLUMNS, LEAD_COLUMNS, approval, lead, write_csv
+from tests.test_sync import EDGE_TEXT
+
+
+def _plan(settings, specs, path, table="leads", **kw):
+    return engine.plan_sync(specs[table], specs, path, rejects_dir=settings.rejects_dir,
+                            batch_bytes=kw.pop("batch_bytes", 4096),
+                            mass_delete_threshold=settings.mass_delete_threshold, **kw)
+
+
+def _sync(db, settings, specs, path, table="leads", **kw):
+    return engine.run_sync(db, _plan(settings, specs, path, table, **kw), workers=2)
+
+
+def _outcome(sql, result, table="leads"):
+    counts = (result.read, result.loaded, result.rejected, result.inserted, result.updated, result.deleted)
+    rows = sql(f"select md5(coalesce(string_agg(t::text, '|' order by id), '')), count(*) from public.{table} t")
+    rejects = sql("select line, column_name, value, reason, key from cutover.rejects where run_id = %s"
+                  " order by line, column_name", (result.run_id,))
+    return counts, rows, rejects
+
+
+def _diff_then_staged(db, settings, specs, sql, old, new, table="leads", expect="diff", **kw):
+    """(outcome by the diff, outcome by the staged path) of syncing ``new`` over ``old``."""
+    first = _sync(db, settings, specs, old, table, allow_mass_delete=True)
+    assert first.method in ("direct", "staged", "diff")
+    by_diff = _sync(db, settings, specs, new, table, **kw)
+    assert by_diff.method == expect
+    diffed = _outcome(sql, by_diff, table)
+    baseline.discard(table, settings.rejects_dir)
+    assert _sync(db, settings, specs, old, table, allow_mass_delete=True).method == "staged"
+    baseline.discard(table, settings.rejects_dir)
+    by_staging = _sync(db, settings, specs, new, table, **kw)
+    assert by_staging.method == "staged"
+    return diffed, _outcome(sql, by_staging, table)
+
+
+def _write_plain(path, rows, columns=LEAD_COLUMNS, newline="\n"):
+    """Quoting only where needed (as a spreadsheet export does): the same values, other bytes."""
+    def cell(v):
+        if v is None:
+            return ""
+        return '"' + v.replace('"', '""') + '"' if (v == "" or any(c in v for c in ',"\r\n')) else v
+    path.write_bytes((newline.join([",".join(columns)] + [",".join(cell(r[c]) for c in columns) for r in rows])
+                      + newline).encode())
+    return path
+
+
+def test_changes_deletes_and_inserts_match_the_staged_path(db, settings, specs, sql, tmp_path):
+    rows = [lead(i, notes=EDGE_TEXT[i % len(EDGE_TEXT)]) for i in range(400)]
+    old = write_csv(tmp_path / "old.csv", rows)
+    new_rows = [dict(r) for r in rows if int(r["first_name"][3:]) % 50 != 3]  # 8 deleted
+    for r in new_rows[::37]:
+        r["status"], r["notes"] = "contacted", 'edited, "quoted"\nand multi-line'
+    new_rows[5]["notes"] = None  # '' or text -> NULL
+    new_rows[6]["notes"] = ""  # NULL -> ''
+    new_rows += [lead(1000 + i) for i in range(9)]
+    random.Random(1).shuffle(new_rows)
+    # other quoting, other line endings, other column order: only values count
+    columns = LEAD_COLUMNS[::-1]
+    new = _write_plain(tmp_path / "new.csv", new_rows, columns, newline="\r\n")
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new)
+    assert diffed == staged
+    assert diffed[0][3:] == (9, 13, 8)  # inserted, updated (12 edited + the NULL one), deleted
+
+
+def test_new_rejects_ragged_rows_and_blank_lines_match(db, settings, specs, sql, tmp_path):
+    rows = [lead(i) for i in range(120)]
+    old = write_csv(tmp_path / "old.csv", rows)
+    changed = [dict(r) for r in rows]
+    changed[3]["created_at"] = "yesterday"  # an unchanged key, now rejected: its old row stays
+    changed[4]["id"] = "not-a-uuid"
+    changed[50]["budget"] = "12.345"
+    changed[51]["status"] = "maybe"
+    new = write_csv(tmp_path / "new.csv", changed)
+    text = new.read_text().splitlines()
+    text.insert(10, "")  # a blank line: not a row
+    text.insert(20, '"a","b"')  # a ragged row
+    new.write_text("\n".join(text) + "\n")
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new)
+    assert diffed == staged
+    assert diffed[0][2] == 5 and len(diffed[2]) == 5
+
+
+def test_a_record_twice_or_a_key_reused_falls_back_to_the_staged_path(db, settings, specs, sql, tmp_path):
+    rows = [lead(i) for i in range(60)]
+    old = write_csv(tmp_path / "old.csv", rows)
+    twice = write_csv(tmp_path / "twice.csv", rows + [rows[7]])  # the same record again: a duplicate key
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, twice, expect="staged")
+    assert diffed == staged and diffed[0][2] == 2
+
+    reused = write_csv(tmp_path / "reused.csv", rows + [lead(8, city="Elsewhere")])  # row 8's key, other values
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, reused, expect="staged")
+    assert diffed == staged and diffed[0][2] == 2
+
+    bad_copy = write_csv(tmp_path / "bad.csv", rows + [lead(9, budget="x")])  # a rejected copy of row 9's key
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, bad_copy, expect="staged")
+    assert diffed == staged and diffed[0][2] == 2
+
+
+def test_no_diff_after_rejects_a_write_or_a_touched_baseline(db, settings, specs, sql, tmp_path):
+    rows = [lead(i) for i in range(50)]
+    with_reject = write_csv(tmp_path / "r.csv", rows + [lead(99, budget="x")])
+    assert _sync(db, settings, specs, with_reject, allow_mass_delete=True).rejected == 1
+    edited = write_csv(tmp_path / "e.csv", rows[:-1] + [lead(49, city="Paris")])
+    assert _sync(db, settings, specs, edited).method == "staged"  # the last merge rejected a row
+
+    assert _sync(db, settings, specs, write_csv(tmp_path / "e2.csv", rows)).method == "diff"
+    sql("update public.leads set city = 'Drift' where id = %s", (rows[0]["id"],))  # a write since the merge
+    result = _sync(db, settings, specs, write_csv(tmp_path / "e3.csv", rows[:-1]))
+    assert result.method == "staged" and result.updated == 1  # the drifted row is put back
+    assert sql("select count(*) from public.leads where city = 'Drift'") == [(0,)]
+
+    assert _sync(db, settings, specs, write_csv(tmp_path / "e4.csv", rows)).method == "diff"
+    kept = baseline.find("leads", settings.rejects_dir)
+    assert kept is not None and kept.rows == 50
+    with open(kept.path, "r+b") as f:  # written in place: the baseline is no longer what was merged
+        f.seek(os.path.getsize(kept.path) - 2)
+        f.write(b"X")
+    assert baseline.find("leads", settings.rejects_dir) is None
+    result = _sync(db, settings, specs, write_csv(tmp_path / "e5.csv", rows[:-2]))
+    assert (result.method, result.deleted) == ("staged", 2)
+
+
+def test_diff_refuses_a_mass_delete_and_applies_nothing(db, settings, specs, sql, tmp_path):
+    rows = [lead(i) for i in range(100)]
+    _sync(db, settings, specs, write_csv(tmp_path / "all.csv", rows))
+    before = sql("select md5(string_agg(t::text, '|' order by id)) from public.leads t")
+    with pytest.raises(MassDeleteRefused):
+        _sync(db, settings, specs, write_csv(tmp_path / "few.csv", rows[:30]))
+    assert sql("select md5(string_agg(t::text, '|' order by id)) from public.leads t") == before
+    assert _sync(db, settings, specs, tmp_path / "few.csv", allow_mass_delete=True).deleted == 70
+
+
+def test_children_diff_and_their_orphans_match(db, settings, specs, sql, tmp_path):
+    leads = [lead(i) for i in range(30)]
+    _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", leads))
+    apps = [approval(i, leads[i % 30]["id"]) for i in range(90)]
+    old = write_csv(tmp_path / "a_old.csv", apps, APPROVAL_COLUMNS)
+    new_apps = apps[:85] + [approval(200, lead(777)["id"]), approval(201, leads[0]["id"], status="approved",
+                                                                       reviewer="ops", decided_at="2025-03-04T00:00:00Z")]
+    new_apps[4] = approval(4, leads[4]["id"], draft="edited draft")
+    new = write_csv(tmp_path / "a_new.csv", new_apps, APPROVAL_COLUMNS)
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new, table="approvals")
+    assert diffed == staged
+    assert any("foreign key" in reject[3] for reject in diffed[2])  # the orphan
+
+
+def test_a_parents_change_means_no_diff_for_its_children(db, settings, specs, sql, tmp_path):
+    leads = [lead(i) for i in range(10)]
+    _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", leads))
+    apps = write_csv(tmp_path / "apps.csv", [approval(i, leads[i]["id"]) for i in range(10)], APPROVAL_COLUMNS)
+    _sync(db, settings, specs, apps, "approvals")
+    _sync(db, settings, specs, write_csv(tmp_path / "leads2.csv", leads[1:]), allow_mass_delete=True)
+    again = write_csv(tmp_path / "apps2.csv", [approval(i, leads[i]["id"]) for i in range(9)], APPROVAL_COLUMNS)
+    result = _sync(db, settings, specs, again, "approvals", allow_mass_delete=True)
+    assert result.method == "staged"  # its lead is gone: the basis changed, every row is judged again
+    assert result.rejected == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_edits_match_the_staged_path(db, settings, specs, sql, tmp_path, seed):
+    rng = random.Random(seed)
+    rows = [lead(i, notes=rng.choice(EDGE_TEXT + [None])) for i in range(rng.randint(1, 300))]
+    old = write_csv(tmp_path / "old.csv", rows)
+    new_rows = []
+    for r in rows:
+        roll = rng.random()
+        if roll < 0.1:
+            continue  # deleted
+        r = dict(r)
+        if roll < 0.25:
+            r[rng.choice(LEAD_COLUMNS[1:])] = rng.choice([None, "", "2025-01-01T00:00:00Z", "x", "12.5", "lost", "Ω"])
+        new_rows.append(r)
+    new_rows += [lead(5000 + i, budget=rng.choice(["1", "2.999", None])) for i in range(rng.randint(0, 20))]
+    rng.shuffle(new_rows)
+    new = (_write_plain if seed % 2 else write_csv)(tmp_path / "new.csv", new_rows)
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new,
+                                       batch_bytes=rng.choice([512, 4096, 1 << 20]), allow_mass_delete=True)
+    assert diffed == staged
+
+
+def test_the_baseline_is_one_per_table_and_goes_with_a_path_change(db, settings, specs, sql, tmp_path):
+    rows = [lead(i) for i in range(20)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _sync(db, settings, specs, write_csv(tmp_path / "a" / "leads.csv", rows))
+    first = baseline.find("leads", settings.rejects_dir)
+    assert first is not None and first.path.parent == tmp_path / "a"
+    result = _sync(db, settings, specs, write_csv(tmp_path / "b" / "leads.csv", rows + [lead(20)]))
+    assert (result.method, result.inserted) == ("diff", 1)
+    second = baseline.find("leads", settings.rejects_dir)
+    assert second.path.parent == tmp_path / "b" and not first.path.exists()
+    assert [p.name for p in (tmp_path / "b").iterdir() if ".snapshot" in p.name] == []
