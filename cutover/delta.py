@@ -7,15 +7,15 @@ to a baseline record is already in the table, typed. Only the other records are 
 the baseline's records the new file no longer has give the keys to delete. The outcome is the full
 load's: the same rows, the same rejects with the same lines and reasons, the same counts.
 
-Records are compared by two polars row hashes (64 + 32 bits) with seeds drawn for this run and never
-stored (polars' hashes change between versions): with 10M records the chance that a changed record
-passes for an unchanged one is below 1e-14 per run. Memory: 16 bytes a baseline record plus the
-batches in flight; the baseline's keys are read again only for the records that are gone.
+Records are compared by two polars row hashes (100 bits kept) with seeds drawn for this run and never
+stored (polars' hashes change between versions): see ``BaselineIndex``. Memory: 16 bytes a baseline
+record plus the batches in flight; the baseline's keys are read again only for the records that are gone.
 
 Whatever would make the diff's outcome differ from the full load's sends the sync down the staged
 path (``load_changes`` returns None) before anything is applied: no usable baseline, a write since
 the merge, rejects in it, one record twice in the new file, or a changed or rejected row whose key an
-unchanged row has. Concurrency is the staged path's: one transaction under the table's lock, merged
+unchanged row has — or more than half the records changed so far (``MOSTLY_CHANGED``: a rewrite loads
+faster in parallel batches). Concurrency is the staged path's: one transaction under the table's lock, merged
 only if the table's version is still the one the run began with.
 """
 
@@ -36,8 +36,9 @@ from cutover import csvscan, merge, state
 from cutover.baseline import Baseline
 from cutover.coerce import column_rule
 from cutover.db import Database
-from cutover.errors import ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError
+from cutover.errors import ConcurrentChange, CutoverError, PhaseError
 from cutover.fingerprint import basis
+from cutover.pipeline import in_order
 from cutover.syncplan import BatchResult, SyncPlan, SyncResult
 from cutover.unchanged import LAST_MERGE
 
@@ -46,35 +47,53 @@ TYPE_ROWS = 50_000  # changed rows typed at a time
 MOSTLY_CHANGED = 0.5  # past this share of changed records (from the second batch on), the diff gives up
 
 
+ORDINAL_BITS = 28  # a baseline of up to 268M records
+_ORDINAL = np.uint64((1 << ORDINAL_BITS) - 1)
+_PREFIX = ~_ORDINAL
+MAX_SHARED = 4  # records whose hashes share a prefix (at 10M records, 5 do once in ~10^10 runs: then no diff)
+
+
 @dataclass(frozen=True)
 class BaselineIndex:
-    """The baseline's records as hashes, sorted by the first: a record of the new file is looked up by
-    binary search (no hash table to build per batch)."""
+    """Every baseline record as one 64-bit word, sorted in place: the top 36 bits of a first hash over the
+    record's ordinal (its position in the file), plus a second 64-bit hash by ordinal — 16 bytes a
+    record and no temporary copy, so a 10M-record baseline costs 160 MB. A record of the new file is
+    found by binary search (sorted queries, walking the index in order) and confirmed by both hashes:
+    100 bits, so at 10M records the chance that a changed record passes for an unchanged one is below
+    1e-17 per run."""
 
-    h1: np.ndarray  # uint64, sorted
-    h2: np.ndarray  # uint32, aligned with h1
-    ordinal: np.ndarray  # uint32: the record's position in the baseline file
+    words: np.ndarray  # uint64, sorted: prefix | ordinal
+    h2: np.ndarray  # uint64, by ordinal
     seeds: tuple[int, int]
 
     def __len__(self) -> int:
-        return len(self.h1)
+        return len(self.words)
 
     def positions(self, raw: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(which rows of ``raw`` are baseline records, their positions in this index)."""
-        h1, h2 = record_hashes(raw, self.seeds)
-        if not len(self.h1):
-            return np.zeros(len(h1), dtype=bool), np.zeros(0, dtype=np.int64)
-        # sorted queries walk the index in order: cache-friendly, several times faster than random probes
-        order = np.argsort(h1)
-        pos = np.empty(len(h1), dtype=np.int64)
-        pos[order] = np.minimum(np.searchsorted(self.h1, h1[order]), len(self.h1) - 1)
-        same = (self.h1[pos] == h1) & (self.h2[pos] == h2)
-        return same, pos[same]
+        """(which rows of ``raw`` are baseline records, the ordinals of those records)."""
+        return self.lookup(*record_hashes(raw, self.seeds))
+
+    def lookup(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.words)
+        same = np.zeros(len(h1), dtype=bool)
+        ordinal = np.zeros(len(h1), dtype=np.int64)
+        if not n:
+            return same, ordinal[:0]
+        prefix = h1 & _PREFIX
+        order = np.argsort(prefix)
+        first = np.empty(len(h1), dtype=np.int64)
+        first[order] = np.searchsorted(self.words, prefix[order])
+        for k in range(MAX_SHARED):  # records sharing a prefix sit side by side
+            at = np.minimum(first + k, n - 1)
+            word = self.words[at]
+            hit = ~same & (first + k < n) & ((word & _PREFIX) == prefix) & (self.h2[word & _ORDINAL] == h2)
+            ordinal[hit] = (word[hit] & _ORDINAL).astype(np.int64)
+            same |= hit
+        return same, ordinal[same]
 
 
 def record_hashes(raw: pl.DataFrame, seeds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    return (raw.hash_rows(seeds[0]).to_numpy(),
-            (raw.hash_rows(seeds[1]).to_numpy() >> np.uint64(32)).astype(np.uint32))
+    return raw.hash_rows(seeds[0]).to_numpy(), raw.hash_rows(seeds[1]).to_numpy()
 
 
 def _baseline_batch(base: Baseline, i: int, columns: list[int] | None = None) -> pl.DataFrame:
@@ -89,26 +108,49 @@ def _baseline_batch(base: Baseline, i: int, columns: list[int] | None = None) ->
 
 
 def index_baseline(base: Baseline, plan: SyncPlan, workers: int) -> tuple[BaselineIndex, list[int]] | None:
-    """The baseline's index and its records per batch; None if it does not hold ``base.rows`` distinct records."""
+    """The baseline's index and its records per batch; None if it does not hold ``base.rows`` distinct
+    records (or holds too many for the index)."""
     seeds = (secrets.randbits(63), secrets.randbits(63))
     names = list(plan.spec.column_names)
+    if base.rows >= 1 << ORDINAL_BITS:
+        return None
+    words = np.empty(base.rows, dtype=np.uint64)
+    h2 = np.empty(base.rows, dtype=np.uint64)
+    per_batch: list[int] = []
 
     def hashes(i: int) -> tuple[np.ndarray, np.ndarray]:
         return record_hashes(_baseline_batch(base, i).select(names), seeds)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cutover-baseline") as pool:
-        parts = list(pool.map(hashes, range(len(base.batches))))
-    per_batch = [len(h1) for h1, _ in parts]
-    if sum(per_batch) != base.rows:  # blank lines or a ragged record: the merge did not load every record
+    filled = 0
+    for first, second in in_order(hashes, list(range(len(base.batches))), workers):
+        if filled + len(first) > base.rows:  # more records than the merge read: not this baseline
+            return None
+        words[filled:filled + len(first)] = first & _PREFIX
+        h2[filled:filled + len(first)] = second
+        filled += len(first)
+        per_batch.append(len(first))
+    if filled != base.rows:  # blank lines or a ragged record: the merge did not load every record
         return None
-    h1 = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint64)
-    h2 = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint32)
-    del parts
-    order = np.argsort(h1)
-    h1 = h1[order]
-    if len(h1) > 1 and not np.all(h1[1:] != h1[:-1]):  # two equal records (or a 64-bit collision)
+    words |= np.arange(base.rows, dtype=np.uint64)
+    words.sort()
+    if _ambiguous(words, h2):
         return None
-    return BaselineIndex(h1=h1, h2=h2[order], ordinal=order.astype(np.uint32), seeds=seeds), per_batch
+    return BaselineIndex(words=words, h2=h2, seeds=seeds), per_batch
+
+
+def _ambiguous(words: np.ndarray, h2: np.ndarray) -> bool:
+    """Two equal records (the merge would have rejected both), or more than ``MAX_SHARED`` sharing a
+    prefix; checked a slice at a time, so no temporary the size of the index."""
+    span, step = MAX_SHARED, 1 << 20  # records i and i + span alike: span + 1 share a prefix
+    for lo in range(0, max(0, len(words) - 1), step):
+        w = words[lo:lo + step + span]
+        prefix = w & _PREFIX
+        pair = np.flatnonzero(prefix[1:] == prefix[:-1])
+        if (h2[w[pair] & _ORDINAL] == h2[w[pair + 1] & _ORDINAL]).any():
+            return True
+        if len(prefix) > span and (prefix[span:] == prefix[:-span]).any():
+            return True
+    return False
 
 
 def gone_keys(base: Baseline, plan: SyncPlan, ordinals: np.ndarray, per_batch: list[int],
@@ -212,7 +254,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
             rejects_spool.write(sync._csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
             staged, rejected = staged + typed.height, rejected + rejects.height
 
-        for batch, n, pos, changed, n_changed, ragged in sync.in_order(diff, list(fscan.batches), workers):
+        for batch, n, pos, changed, n_changed, ragged in in_order(diff, list(fscan.batches), workers):
             seen[pos] = True
             read, unchanged = read + n, unchanged + len(pos)
             pending.append((changed, ragged))
@@ -226,7 +268,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
         type_pending()
         if np.count_nonzero(seen) != unchanged:
             return None  # a record twice in the file: the full load rejects its key on both lines
-        gone = np.sort(index.ordinal[~seen])
+        gone = np.flatnonzero(~seen)
         del seen
         keys = gone_keys(base, plan, gone, per_batch, workers)
         if keys is None:
@@ -289,12 +331,7 @@ def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, cu
     if read != loaded + rejected:
         raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
     conn.execute(merge.keep_newer_writes(spec, stg), params)
-    to_delete = conn.execute(merge.count_gone(spec, stg), params).fetchone()[0]
-    if baseline_rows and to_delete > plan.mass_delete_threshold * baseline_rows and not plan.allow_mass_delete:
-        raise MassDeleteRefused(
-            f"sync would delete {to_delete} of {baseline_rows} rows of {spec.name} ({to_delete / baseline_rows:.0%},"
-            f" more than the {plan.mass_delete_threshold:.0%} allowed): is {plan.csv_path.name} truncated?"
-            " Nothing was applied. If the deletions are intended, rerun with --allow-mass-delete.")
+    sync.refuse_mass_delete(plan, conn.execute(merge.count_gone(spec, stg), params).fetchone()[0], baseline_rows)
     deleted = conn.execute(merge.delete_gone(spec, stg), params).rowcount
     updated = conn.execute(merge.update_changed(spec, stg)).rowcount
     inserted = conn.execute(merge.insert_new(spec, stg)).rowcount

@@ -59,6 +59,27 @@ def copy_into_target(spec: TableSpec) -> sql.Composed:
     return sql.SQL("copy {} ({}) from stdin (format csv)").format(target(spec), cols)
 
 
+def key_constraints(spec: TableSpec) -> sql.Composed:
+    """(table, name, definition) of the table's primary key and of every foreign key from or to it,
+    foreign keys first: what a first load drops and adds back after its COPY (an index built once over
+    sorted keys costs the server less than a million inserts into a B-tree)."""
+    return sql.SQL("""
+select quote_ident(n.nspname) || '.' || quote_ident(c.relname), k.conname, pg_get_constraintdef(k.oid)
+from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+where k.contype in ('p', 'f') and {t} in (k.conrelid, k.confrelid)
+order by k.contype = 'p', k.conname""").format(t=sql.SQL("{}::regclass").format(sql.Literal(
+        target(spec).as_string(None))))
+
+
+def drop_constraint(table: str, name: str) -> sql.Composed:
+    return sql.SQL("alter table {} drop constraint {}").format(sql.SQL(table), ident(name))
+
+
+def add_constraint(table: str, name: str, definition: str) -> sql.Composed:
+    # the definition is PostgreSQL's own text for the constraint (pg_get_constraintdef)
+    return sql.SQL("alter table {} add constraint {} {}").format(sql.SQL(table), ident(name), sql.SQL(definition))
+
+
 def has_rows(spec: TableSpec) -> sql.Composed:
     return sql.SQL("select exists (select 1 from {})").format(target(spec))
 

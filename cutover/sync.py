@@ -25,11 +25,9 @@ pool). The guarantees do not depend on who runs the steps:
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -42,6 +40,7 @@ from psycopg import errors as pgerr
 from cutover import baseline, bootstrap, csvscan, delta, merge, state
 from cutover.coerce import REJECT_SCHEMA, coerce
 from cutover.fingerprint import basis
+from cutover.pipeline import in_order
 from cutover.db import Database
 from cutover.errors import (ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StagingLost,
                             StructuralError)
@@ -223,12 +222,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
                     f" ({loaded + rejected} of {read} rows left); nothing was applied — rerun the sync")
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
         conn.execute(merge.keep_newer_writes(spec, stg), params)  # never revert a write made during the run
-        to_delete, total = conn.execute(merge.count_deletes(spec, stg), params).fetchone()
-        if total and to_delete > plan.mass_delete_threshold * total and not plan.allow_mass_delete:
-            raise MassDeleteRefused(
-                f"sync would delete {to_delete} of {total} rows of {spec.name} ({to_delete / total:.0%}, more than"
-                f" the {plan.mass_delete_threshold:.0%} allowed): is {plan.csv_path.name} truncated?"
-                " Nothing was applied. If the deletions are intended, rerun with --allow-mass-delete.")
+        refuse_mass_delete(plan, *conn.execute(merge.count_deletes(spec, stg), params).fetchone())
         deleted = conn.execute(merge.delete_missing(spec, stg), params).rowcount
         updated = conn.execute(merge.update_changed(spec, stg)).rowcount
         inserted = conn.execute(merge.insert_new(spec, stg)).rowcount
@@ -238,6 +232,15 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
     result = db.run(step, what=f"merge {spec.name}")
     keep_baseline(plan, fscan, result.read)
     return result
+
+
+def refuse_mass_delete(plan: SyncPlan, to_delete: int, total: int) -> None:
+    """The guard against a truncated CSV: deleting more than the threshold's share needs a flag."""
+    if total and to_delete > plan.mass_delete_threshold * total and not plan.allow_mass_delete:
+        raise MassDeleteRefused(
+            f"sync would delete {to_delete} of {total} rows of {plan.spec.name} ({to_delete / total:.0%}, more than"
+            f" the {plan.mass_delete_threshold:.0%} allowed): is {plan.csv_path.name} truncated?"
+            " Nothing was applied. If the deletions are intended, rerun with --allow-mass-delete.")
 
 
 def keep_baseline(plan: SyncPlan, fscan: csvscan.FileScan, rows: int) -> None:
@@ -283,21 +286,8 @@ class _NeedsStaging(Exception):
     """The file has rows the direct load cannot judge (see ``load_into_empty_target``)."""
 
 
-def in_order(fn: Callable, items: list, workers: int) -> Iterable:
-    """``fn`` of each item, yielded in order, computed by ``workers`` threads at most that many items
-    ahead of the consumer: memory stays a few batches, whatever the file's size."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cutover-parse") as pool:
-        ahead = iter(items)
-        pending = deque(pool.submit(fn, item) for item in itertools.islice(ahead, max(1, workers)))
-        while pending:
-            done = pending.popleft().result()
-            if (following := next(ahead, None)) is not None:
-                pending.append(pool.submit(fn, following))
-            yield done
-
-
 def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvscan.Batch], workers: int):
-    """(batch, COPY bytes, rows typed, rejects, rows read) in file order (see ``in_order``)."""
+    """(batch, COPY bytes, rows typed, rejects, rows read) in file order (see ``cutover.pipeline``)."""
     def parse(batch: csvscan.Batch):
         typed, rejects, read = parse_batch(plan, header, batch)
         return batch, _csv_bytes(typed.drop("_line")), typed.height, rejects, read
@@ -328,6 +318,11 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
         with tempfile.TemporaryFile() as spool:
             try:
                 with conn.transaction():  # a savepoint: a refused file leaves no trace
+                    # keys are checked once, after the COPY, by adding their constraints back: a repeated
+                    # key or an orphan then fails that statement instead of the COPY, to the same effect
+                    constraints = conn.execute(merge.key_constraints(spec)).fetchall()
+                    for table, name, _ in constraints:
+                        conn.execute(merge.drop_constraint(table, name))
                     with conn.cursor() as cur:
                         with cur.copy(merge.copy_into_target(spec)) as cp:
                             for batch, rows, staged, rejects, n in _parsed_in_order(
@@ -341,6 +336,8 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                                 if on_batch:
                                     on_batch(BatchResult(batch.index, n, staged, rejects.height,
                                                          batch.end - batch.start))
+                        for table, name, definition in reversed(constraints):  # the key first, then references
+                            conn.execute(merge.add_constraint(table, name, definition))
                         if rejected:
                             spool.seek(0)
                             with cur.copy(merge.COPY_REJECTS) as cp:
@@ -412,6 +409,8 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged:
                                      on_batch=on_batch)
         if changes is not None:
             return changes
+        if on_scan and (base_version == 0 or indexing is not None):
+            on_scan(fscan)  # a faster path read some batches, then gave up: progress starts over
 
         def one(batch: csvscan.Batch) -> BatchResult:
             result = load_batch(db, plan, fscan.header, batch)

@@ -210,3 +210,35 @@ def test_the_baseline_is_one_per_table_and_goes_with_a_path_change(db, settings,
     second = baseline.find("leads", settings.rejects_dir)
     assert second.path.parent == tmp_path / "b" and not first.path.exists()
     assert [p.name for p in (tmp_path / "b").iterdir() if ".snapshot" in p.name] == []
+
+
+def test_the_index_finds_records_that_share_a_hash_prefix_and_refuses_ambiguity():
+    import numpy as np
+
+    from cutover.delta import _ORDINAL, _PREFIX, MAX_SHARED, BaselineIndex, _ambiguous
+
+    rng = np.random.default_rng(7)
+    h1 = rng.integers(0, 2**63, 1000, dtype=np.uint64)
+    h2 = rng.integers(0, 2**63, 1000, dtype=np.uint64)
+    h1[10:10 + MAX_SHARED] = h1[10] | np.arange(MAX_SHARED, dtype=np.uint64)  # same prefix, other low bits
+    words = (h1 & _PREFIX) | np.arange(1000, dtype=np.uint64)
+    words.sort()
+    assert not _ambiguous(words, h2)
+    index = BaselineIndex(words=words, h2=h2, seeds=(1, 2))
+    same, ordinals = index.lookup(h1, h2)
+    assert same.all() and (ordinals == np.arange(1000)).all()  # each record finds itself, prefix or not
+    other = h2.copy()
+    other[11] ^= np.uint64(1)  # a changed record whose first hash matches: the second tells them apart
+    same, _ = index.lookup(h1, other)
+    assert np.flatnonzero(~same).tolist() == [11]
+    assert not index.lookup(h1 ^ np.uint64(1 << 40), h2)[0].any()  # unknown records
+
+    crowded = words.copy()
+    crowded[:MAX_SHARED + 1] = (crowded[0] & _PREFIX) | (crowded[:MAX_SHARED + 1] & _ORDINAL)
+    crowded.sort()
+    assert _ambiguous(crowded, h2)  # more records share a prefix than a lookup checks: no diff
+    twins = h2.copy()
+    twins[words[1] & _ORDINAL] = twins[words[0] & _ORDINAL]
+    pair = words.copy()
+    pair[1] = (pair[0] & _PREFIX) | (pair[1] & _ORDINAL)
+    assert _ambiguous(np.sort(pair), twins)  # two equal records

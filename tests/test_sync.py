@@ -117,6 +117,13 @@ def test_a_first_load_goes_straight_into_the_table_unless_the_file_needs_judging
     first = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", leads + [lead(9, budget="lots")]))
     assert (first.method, first.read, first.loaded, first.rejected, first.inserted) == ("direct", 7, 6, 1, 6)
     assert sql("select count(*) from public.leads") == [(6,)]
+    # the keys were dropped for the COPY and added back, exactly as bootstrap made them
+    keys = """select conrelid::regclass::text, conname, pg_get_constraintdef(oid) from pg_constraint
+              where contype in ('p', 'f') and connamespace = 'public'::regnamespace order by 1, 2"""
+    expected = [("approvals", "approvals_lead_id_fkey",
+                 "FOREIGN KEY (lead_id) REFERENCES leads(id) ON DELETE CASCADE"),
+                ("approvals", "approvals_pkey", "PRIMARY KEY (id)"), ("leads", "leads_pkey", "PRIMARY KEY (id)")]
+    assert sql(keys) == expected
     assert sql("select phase, version from cutover.table_state") == [("mirror", 1)]
     assert sql("select to_phase, reason from cutover.phase_history") == [("mirror", "first full load")]
     assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%%'") == [(0,)]
@@ -133,6 +140,7 @@ def test_a_first_load_goes_straight_into_the_table_unless_the_file_needs_judging
         result = _sync(db, settings, specs, write_csv(tmp_path / "dups.csv", rows))
         assert (result.method, result.loaded, result.rejected) == ("staged", 1, 2), rows
         assert sql("select count(*) from public.leads") == [(1,)]
+        assert sql(keys) == expected  # the refused direct load rolled its constraint changes back
         sql("truncate public.leads cascade; delete from cutover.table_state")
 
 
