@@ -112,11 +112,12 @@ def column_rule(c: Column) -> tuple[pl.Expr, pl.Expr]:
 # rejects report.
 # Offsets stop at ±14:59: PostgreSQL refuses a displacement past ±15:59, which the general rule
 # converts to UTC first.
-FAST_TS_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](0\d|1[0-4]):[0-5]\d)$"
+FAST_TS_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](0\d|1[0-4]):[0-5]\d)$"
 
 
 def _fast_timestamp_ok(col: pl.Expr) -> pl.Expr:
-    instant = col.str.replace("Z", "+00:00", literal=True).str.to_datetime(
+    # PostgreSQL reads "T" and " " between date and time alike
+    instant = col.str.replace(" ", "T", literal=True).str.replace("Z", "+00:00", literal=True).str.to_datetime(
         "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
     return (col.str.contains(FAST_TS_RE) & instant.dt.year().is_between(2, 9998)).fill_null(False)
 
@@ -166,10 +167,18 @@ def coerce(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series) -> tuple[pl.Dat
     """Split ``raw`` into (good rows in text PostgreSQL parses back exactly + ``_line``, rejects:
     line/column/value/reason/key). Rows whose timestamps all have the common shape skip the general
     timestamp rule (the costly part); the outcome is the same either way."""
+    typed, rejects, _ = coerce_noting_rewrites(raw, spec, lines)
+    return typed, rejects
+
+
+def coerce_noting_rewrites(raw: pl.DataFrame, spec: TableSpec,
+                           lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+    """``coerce``, and whether any value was rewritten: False when every row took the fast rule, which
+    passes values on as written (PostgreSQL reads them as the canonical form would be read)."""
     fast, general = _split_fast(raw.with_columns(lines.alias("_line")), spec)
     if general.height == 0:
-        return _typed(fast, spec, True)
+        return (*_typed(fast, spec, True), False)
     if fast.height == 0:
-        return _typed(general, spec, False)
+        return (*_typed(general, spec, False), True)
     (good_fast, rejects_fast), (good, rejects) = _typed(fast, spec, True), _typed(general, spec, False)
-    return pl.concat([good_fast, good]), pl.concat([rejects_fast, rejects])
+    return pl.concat([good_fast, good]), pl.concat([rejects_fast, rejects]), True

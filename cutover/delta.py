@@ -226,7 +226,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
     read = unchanged = staged = rejected = 0
 
     def diff(batch: csvscan.Batch):
-        raw, lines, ragged, n = sync.read_raw(plan, fscan.header, batch)
+        raw, lines, ragged, n, _ = sync.read_raw(plan, fscan.header, batch)
         same, pos = index.positions(raw)
         changed = pl.Series(~same)
         # as CSV text: a filtered frame would keep its whole batch's strings alive until typed

@@ -32,13 +32,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import polars as pl
 from psycopg import errors as pgerr
 
 from cutover import baseline, bootstrap, csvscan, delta, merge, state
-from cutover.coerce import REJECT_SCHEMA, coerce
+from cutover.coerce import REJECT_SCHEMA, coerce, coerce_noting_rewrites
 from cutover.fingerprint import basis
 from cutover.pipeline import in_order
 from cutover.db import Database
@@ -100,10 +101,16 @@ def _truncated(col: str) -> pl.Expr:
             .otherwise(value).alias(col))
 
 
-def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.Series,
-                                                                                     pl.DataFrame, int]:
-    """One batch as strings: (the well-formed records in spec column order, their source lines, the
-    rejects of the ragged ones, rows read)."""
+class RawBatch(NamedTuple):
+    raw: pl.DataFrame  # the well-formed records, as strings, in spec column order
+    lines: pl.Series  # their source lines
+    ragged: pl.DataFrame  # rejects of the records with the wrong number of fields
+    read: int  # rows read (records that are not blank lines)
+    verbatim: bytes | None  # the batch's bytes, when every record is well formed and ends with a bare LF
+
+
+def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> RawBatch:
+    """One batch as strings (see ``RawBatch``)."""
     buf = _read(plan.snapshot, batch)
     try:
         idx = csvscan.index_records(buf, batch.first_line, plan.snapshot)
@@ -134,7 +141,8 @@ def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tu
         raw = raw.select(plan.spec.column_names)
     else:
         raw = pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names})
-    return raw, lines, ragged, int(counted.sum())
+    plain = good.all() and not (idx.stops - idx.ends > 1).any()  # a CR LF ending: not a bare LF
+    return RawBatch(raw, lines, ragged, int(counted.sum()), buf if plain else None)
 
 
 def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
@@ -148,7 +156,7 @@ def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
 
 def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Pure CPU work for one batch: (typed good rows, rejects, rows read)."""
-    raw, lines, ragged, read = read_raw(plan, header, batch)
+    raw, lines, ragged, read, _ = read_raw(plan, header, batch)
     typed, rejects = type_rows(plan, raw, lines, ragged)
     return typed, rejects, read
 
@@ -288,11 +296,25 @@ class _NeedsStaging(Exception):
 
 def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvscan.Batch], workers: int):
     """(batch, COPY bytes, rows typed, rejects, rows read) in file order (see ``cutover.pipeline``)."""
+    in_spec_order = tuple(header.names) == plan.spec.column_names
+
     def parse(batch: csvscan.Batch):
-        typed, rejects, read = parse_batch(plan, header, batch)
-        return batch, _csv_bytes(typed.drop("_line")), typed.height, rejects, read
+        raw, lines, ragged, read, verbatim = read_raw(plan, header, batch)
+        typed, rejects, rewritten = coerce_noting_rewrites(raw, plan.spec, lines)
+        if ragged.height:
+            rejects = pl.concat([rejects, ragged])
+        if (verbatim is not None and not rejects.height and not rewritten and in_spec_order
+                and _no_end_marker(verbatim)):  # COPY reads the batch's own bytes as we did: no re-encoding
+            return batch, verbatim, typed.height, rejects, read
+        return batch, _csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(_truncated("value")), read
 
     return in_order(parse, batches, workers)
+
+
+def _no_end_marker(buf: bytes) -> bool:
+    """No line of ``buf`` is ``\\.``, COPY's end of data (PostgreSQL reads one inside a quoted value as
+    data, but a batch with such a line is rare enough to re-encode rather than rely on it)."""
+    return not buf.startswith(b"\\.\n") and b"\n\\.\n" not in buf and not buf.endswith(b"\n\\.")
 
 
 def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, base_version: int,

@@ -384,3 +384,31 @@ def test_a_csv_replaced_during_the_sync_does_not_shift_under_its_batches(db, set
     assert sql("select count(*) from public.leads") == [(300,)]
     assert not plan.snapshot.exists()
     assert not list(tmp_path.glob(".leads.csv.*"))
+
+
+def test_a_first_load_sending_batches_as_written_matches_the_staged_load(db, settings, specs, tmp_path, sql):
+    """Batches that need no rewrite go to COPY as the file has them; the table must be what the staged
+    path (which re-encodes every row) makes of the same file."""
+    from cutover import baseline
+
+    rows = [lead(i, notes=text, budget=budget, updated_at=stamp) for i, (text, budget, stamp) in enumerate([
+        ("a\n\\.\nb", "1.500", "2025-03-02T11:30:00.5+05:30"),  # COPY's end marker on a line of a quoted value
+        ("\\.", "0", "2025-03-02T11:30:00Z"), ("", None, "2025-03-02T11:30:00-00:00"), (None, "-0.01",
+        "2025-03-02T11:30:00.123456Z"), ('"quoted", and, commas', "12", "2025-03-02T11:30:00+14:00")])]
+    rows.append(lead(9, id=lead(9)["id"].upper()))  # PostgreSQL stores the canonical lower case either way
+    rows += [lead(i) for i in range(10, 16)]
+    src = write_csv(tmp_path / "leads.csv", rows)
+    lines = src.read_bytes().split(b"\n")
+    lines[8] += b"\r"  # one line ended CRLF among LF ones
+    lines.insert(10, b"")  # a blank line: skipped, not a row
+    src.write_bytes(b"\n".join(lines))
+    dump = "select md5(string_agg(l::text, '|' order by id)), count(*) from public.leads l"
+    small = engine.plan_sync(specs["leads"], specs, src, rejects_dir=settings.rejects_dir, batch_bytes=256,
+                             mass_delete_threshold=settings.mass_delete_threshold)  # a batch a row or two
+    assert engine.run_sync(db, small, workers=2).method == "direct"
+    direct = sql(dump)
+    baseline.discard("leads", settings.rejects_dir)
+    sql("delete from public.leads")
+    again = _sync(db, settings, specs, src)
+    assert (again.method, again.inserted) == ("staged", 12)
+    assert sql(dump) == direct
