@@ -125,13 +125,13 @@ def index_baseline(base: Baseline, plan: SyncPlan, workers: int) -> tuple[Baseli
     for first, second in in_order(hashes, list(range(len(base.batches))), workers):
         if filled + len(first) > base.rows:  # more records than the merge read: not this baseline
             return None
-        words[filled:filled + len(first)] = first & _PREFIX
+        words[filled:filled + len(first)] = (first & _PREFIX) | np.arange(filled, filled + len(first),
+                                                                          dtype=np.uint64)
         h2[filled:filled + len(first)] = second
         filled += len(first)
         per_batch.append(len(first))
     if filled != base.rows:  # blank lines or a ragged record: the merge did not load every record
         return None
-    words |= np.arange(base.rows, dtype=np.uint64)
     words.sort()
     if _ambiguous(words, h2):
         return None
