@@ -223,7 +223,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
         return None
     base, (index, per_batch) = indexing.base, indexed
     seen = np.zeros(len(index), dtype=bool)
-    read = unchanged = staged = rejected = 0
+    read = unchanged = 0
 
     def diff(batch: csvscan.Batch):
         raw, lines, ragged, n, _ = sync.read_raw(plan, fscan.header, batch)
@@ -240,7 +240,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
 
         def type_pending() -> None:
             # typed together: typing costs ~20 ms a call whatever the rows, more than a batch's few changed ones
-            nonlocal staged, rejected, pending_rows
+            nonlocal pending_rows
             if not pending:
                 return
             text = b"".join(t for t, _ in pending)
@@ -252,7 +252,6 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
             typed, rejects = sync.type_rows(plan, raw.drop("_line"), raw["_line"], ragged)
             rows_spool.write(sync._csv_bytes(typed))
             rejects_spool.write(sync._csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
-            staged, rejected = staged + typed.height, rejected + rejects.height
 
         for batch, n, pos, changed, n_changed, ragged in in_order(diff, list(fscan.batches), workers):
             seen[pos] = True

@@ -16,6 +16,12 @@ transaction by ``cutover.sync``:
 6. ``insert_new`` — keys the target does not have.
 Steps 4–6 use plain DELETE/UPDATE/INSERT (not MERGE) so they run on PostgreSQL 15, which older
 Supabase projects still use.
+
+A diff's merge (``cutover.delta``) runs the same steps on a staging table that holds only the changed
+records, with ``diff_collides`` after step 2 and ``count_gone`` / ``delete_gone`` (the keys of the
+baseline's records the file no longer has) in place of step 4. A first load into an empty table
+(``key_constraints``, ``drop_constraint``, ``add_constraint``) COPYs with its keys dropped and adds them
+back, PostgreSQL's own definitions, in the same transaction.
 """
 
 from __future__ import annotations
