@@ -343,6 +343,8 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                     # keys are checked once, after the COPY, by adding their constraints back: a repeated
                     # key or an orphan then fails that statement instead of the COPY, to the same effect
                     constraints = conn.execute(merge.key_constraints(spec)).fetchall()
+                    # dropping a key waits for every reader of the table and its children: never forever
+                    conn.execute("set local lock_timeout = '20s'")
                     for table, name, _ in constraints:
                         conn.execute(merge.drop_constraint(table, name))
                     with conn.cursor() as cur:
@@ -367,8 +369,8 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                                     cp.write(chunk)
                     if rejected and conn.execute(merge.rejected_key_loaded(spec), {"run": plan.run_id}).fetchone()[0]:
                         raise _NeedsStaging
-            except (pgerr.UniqueViolation, pgerr.ForeignKeyViolation, _NeedsStaging):
-                return None
+            except (pgerr.UniqueViolation, pgerr.ForeignKeyViolation, pgerr.LockNotAvailable, _NeedsStaging):
+                return None  # the staged path judges the file (and takes no lock a reader holds up)
         if read != loaded + rejected:
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
         return finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
