@@ -36,7 +36,7 @@ from cutover import csvscan, merge, state
 from cutover.baseline import Baseline
 from cutover.coerce import column_rule
 from cutover.db import Database
-from cutover.errors import ConcurrentChange, CutoverError, PhaseError
+from cutover.errors import CutoverError
 from cutover.fingerprint import basis
 from cutover.pipeline import in_order
 from cutover.syncplan import BatchResult, SyncPlan, SyncResult
@@ -274,14 +274,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
             return None
 
         def step(conn: psycopg.Connection) -> SyncResult | None:
-            state.table_lock(conn, spec.name)
-            current = state.get_state(conn, spec.name, for_update=True)
-            if current.version != base_version:
-                raise ConcurrentChange(
-                    f"{spec.name} changed while this sync was loading (another sync or a phase transition"
-                    " finished first); nothing was applied — rerun the sync")
-            if current.phase not in state.SYNCABLE:
-                raise PhaseError(f"{spec.name} moved to phase {current.phase} during the sync; nothing was applied")
+            current = sync.lock_for_merge(conn, plan, base_version)
             if _eligible(conn, plan, base) is None:  # written since the check: the table is not the baseline
                 return None
             try:

@@ -198,6 +198,20 @@ def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvs
     return BatchResult(batch.index, read, typed.height, rejects.height, batch.end - batch.start)
 
 
+def lock_for_merge(conn: psycopg.Connection, plan: SyncPlan, base_version: int) -> state.TableState:
+    """Take the table's lock and check that nothing merged or moved it since the run began."""
+    spec = plan.spec
+    state.table_lock(conn, spec.name)
+    current = state.get_state(conn, spec.name, for_update=True)
+    if current.version != base_version:
+        raise ConcurrentChange(
+            f"{spec.name} changed while this sync was loading (another sync or a phase transition"
+            " finished first); nothing was applied — rerun the sync")
+    if current.phase is not None and current.phase not in state.SYNCABLE:
+        raise PhaseError(f"{spec.name} moved to phase {current.phase} during the sync; nothing was applied")
+    return current
+
+
 def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: Iterable[BatchResult],
               base_version: int, started: float) -> SyncResult:
     """Apply the staged file to the target in one transaction (see ``cutover.merge``).
@@ -209,14 +223,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
     spec, stg = plan.spec, plan.staging
 
     def step(conn: psycopg.Connection) -> SyncResult:
-        state.table_lock(conn, spec.name)
-        current = state.get_state(conn, spec.name, for_update=True)
-        if current.version != base_version:
-            raise ConcurrentChange(
-                f"{spec.name} changed while this sync was loading (another sync or a phase transition"
-                " finished first); nothing was applied — rerun the sync")
-        if current.phase is not None and current.phase not in state.SYNCABLE:
-            raise PhaseError(f"{spec.name} moved to phase {current.phase} during the sync; nothing was applied")
+        current = lock_for_merge(conn, plan, base_version)
         conn.execute(merge.analyze_staging(stg))
         conn.execute(merge.reject_duplicates(spec, stg), params)
         for stmt in merge.reject_orphans(spec, stg, plan.specs):
