@@ -178,12 +178,16 @@ class Database:
         return scrub(text, self.settings.secrets)
 
     @contextmanager
-    def tx(self) -> Iterator[psycopg.Connection]:
+    def tx(self, *, snapshot: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled connection in one transaction; ``snapshot``: REPEATABLE READ, every statement sees the
+        database as the first one did."""
         with self.pool.connection() as conn:
             with self._busy_lock:
                 self._busy += 1
             try:
                 with conn.transaction():
+                    if snapshot:  # must come before the transaction's first query
+                        conn.execute("set transaction isolation level repeatable read")
                     s = self.settings
                     conn.execute(
                         "select set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true),"
@@ -195,8 +199,8 @@ class Database:
                 with self._busy_lock:
                     self._busy -= 1
 
-    def run(self, fn: Callable[[psycopg.Connection], T], *, what: str = "database call") -> T:
-        """Run ``fn`` in one transaction, retrying transient failures (see module docstring)."""
+    def run(self, fn: Callable[[psycopg.Connection], T], *, what: str = "database call", snapshot: bool = False) -> T:
+        """Run ``fn`` in one transaction (``tx``), retrying transient failures (see module docstring)."""
         for attempt in Retrying(
             retry=retry_if_exception(is_transient),
             wait=wait_random_exponential(multiplier=0.25, max=8),
@@ -208,7 +212,7 @@ class Database:
             with attempt:
                 self.breaker.check()
                 try:
-                    with self.tx() as conn:
+                    with self.tx(snapshot=snapshot) as conn:
                         result = fn(conn)
                 except PoolTimeout as exc:
                     if self._busy >= self.pool.max_size:  # all ours and busy: saturated, not unreachable

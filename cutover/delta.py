@@ -230,7 +230,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
         same, pos = index.positions(raw)
         changed = pl.Series(~same)
         # as CSV text: a filtered frame would keep its whole batch's strings alive until typed
-        return batch, n, pos, sync._csv_bytes(raw.filter(changed).with_columns(lines.filter(changed))), \
+        return batch, n, pos, sync.csv_bytes(raw.filter(changed).with_columns(lines.filter(changed))), \
             int(changed.sum()), ragged
 
     with tempfile.TemporaryFile() as rows_spool, tempfile.TemporaryFile() as rejects_spool:
@@ -250,8 +250,8 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
             pending.clear()
             pending_rows = 0
             typed, rejects = sync.type_rows(plan, raw.drop("_line"), raw["_line"], ragged)
-            rows_spool.write(sync._csv_bytes(typed))
-            rejects_spool.write(sync._csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
+            rows_spool.write(sync.csv_bytes(typed))
+            rejects_spool.write(sync.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
 
         for batch, n, pos, changed, n_changed, ragged in in_order(diff, list(fscan.batches), workers):
             seen[pos] = True

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from cutover.ddl import ident, target
+from cutover.digests import key_bucket_sql
 from cutover.spec import TableSpec
 
 EXAMPLES = 20
@@ -52,7 +53,15 @@ class Parity:
         return {**asdict(self), "passed": self.passed}
 
 
-def _compared(spec: TableSpec, staging: str) -> sql.Composed:
+def _target(spec: TableSpec, restricted: bool) -> sql.Composable:
+    """The target table, or only its rows in the buckets ``%(buckets)s`` (``cutover.digests``) when the
+    staging table holds only the CSV's rows of those buckets."""
+    if not restricted:
+        return target(spec)
+    return sql.SQL("(select * from {t} where {b} = any(%(buckets)s))").format(t=target(spec), b=key_bucket_sql(spec))
+
+
+def _compared(spec: TableSpec, staging: str, restricted: bool = False) -> sql.Composed:
     """CTEs ``s`` and ``t``: both sides without the keys the source is ambiguous about."""
     pk = ident(spec.primary_key)
     stg = ident("cutover", staging)
@@ -63,7 +72,7 @@ with excluded as materialized (
   select {pk}::text from {stg} group by {pk} having count(*) > 1),
 s as (select * from {stg} x where not exists (select 1 from excluded e where e.key = x.{pk}::text)),
 t as (select * from {t} x where not exists (select 1 from excluded e where e.key = x.{pk}::text))
-""").format(pk=pk, stg=stg, t=target(spec))
+""").format(pk=pk, stg=stg, t=_target(spec, restricted))
 
 
 def _differs(spec: TableSpec) -> sql.Composed:
@@ -72,9 +81,9 @@ def _differs(spec: TableSpec) -> sql.Composed:
         sql.SQL(", ").join(sql.SQL("s.") + c for c in cols), sql.SQL(", ").join(sql.SQL("t.") + c for c in cols))
 
 
-def count_query(spec: TableSpec, staging: str) -> sql.Composed:
+def count_query(spec: TableSpec, staging: str, restricted: bool = False) -> sql.Composed:
     pk = ident(spec.primary_key)
-    return _compared(spec, staging) + sql.SQL("""
+    return _compared(spec, staging, restricted) + sql.SQL("""
 select count(*) filter (where t.{pk} is null),
        count(*) filter (where s.{pk} is null),
        count(*) filter (where s.{pk} is not null and t.{pk} is not null and {differs}),
@@ -83,7 +92,7 @@ select count(*) filter (where t.{pk} is null),
        (select count(*) from cutover.rejects where run_id = %(run)s)
          + (select coalesce(sum(n), 0)::bigint from (select count(*) n from {stg} group by {pk} having count(*) > 1) d)
 from s full join t on s.{pk} = t.{pk}""").format(
-        pk=pk, differs=_differs(spec), stg=ident("cutover", staging), t=target(spec))
+        pk=pk, differs=_differs(spec), stg=ident("cutover", staging), t=_target(spec, restricted))
 
 
 def source_query(spec: TableSpec, staging: str) -> sql.Composed:
@@ -97,7 +106,7 @@ from (select count(*) n from {stg} group by {pk}) k""").format(pk=ident(spec.pri
                                                              stg=ident("cutover", staging))
 
 
-def unambiguous_count_query(spec: TableSpec, staging: str) -> sql.Composed:
+def unambiguous_count_query(spec: TableSpec, staging: str, restricted: bool = False) -> sql.Composed:
     """``count_query`` for a source with no key to leave out: every key is once in each side."""
     pk = ident(spec.primary_key)
     return sql.SQL("""
@@ -106,25 +115,25 @@ select count(*) filter (where t.{pk} is null),
        count(*) filter (where s.{pk} is not null and t.{pk} is not null and {differs}),
        count(t.{pk})
 from {stg} s full join {t} t on s.{pk} = t.{pk}""").format(
-        pk=pk, differs=_differs(spec), stg=ident("cutover", staging), t=target(spec))
+        pk=pk, differs=_differs(spec), stg=ident("cutover", staging), t=_target(spec, restricted))
 
 
-def examples_query(spec: TableSpec, staging: str, kind: str) -> sql.Composed:
+def examples_query(spec: TableSpec, staging: str, kind: str, restricted: bool = False) -> sql.Composed:
     pk = ident(spec.primary_key)
     if kind == "changed":
         flags = sql.SQL(", ").join(
             sql.SQL("case when s.{c} is distinct from t.{c} then {name} end").format(c=ident(c), name=sql.Literal(c))
             for c in spec.column_names if c != spec.primary_key)
-        return _compared(spec, staging) + sql.SQL(
+        return _compared(spec, staging, restricted) + sql.SQL(
             "select s.{pk}::text, array_remove(array[{flags}], null) from s join t on s.{pk} = t.{pk}"
             " where {differs} order by s.{pk} limit {n}").format(
             pk=pk, flags=flags, differs=_differs(spec), n=sql.Literal(EXAMPLES))
     if kind == "missing_in_target":
-        return _compared(spec, staging) + sql.SQL(
+        return _compared(spec, staging, restricted) + sql.SQL(
             "select s.{pk}::text, null from s where not exists (select 1 from t where t.{pk} = s.{pk})"
             " order by s.{pk} limit {n}").format(pk=pk, n=sql.Literal(EXAMPLES))
     if kind == "extra_in_target":
-        return _compared(spec, staging) + sql.SQL(
+        return _compared(spec, staging, restricted) + sql.SQL(
             "select t.{pk}::text, null from t where not exists (select 1 from s where s.{pk} = t.{pk})"
             " order by t.{pk} limit {n}").format(pk=pk, n=sql.Literal(EXAMPLES))
     if kind == "rejected_in_source":
@@ -137,16 +146,21 @@ def examples_query(spec: TableSpec, staging: str, kind: str) -> sql.Composed:
     raise ValueError(kind)
 
 
-def compare(conn: psycopg.Connection, spec: TableSpec, staging: str, run_id: UUID) -> Parity:
-    """Compare the staged file (run ``run_id``) with the target, inside the caller's transaction."""
-    params = {"run": run_id}
+def compare(conn: psycopg.Connection, spec: TableSpec, staging: str, run_id: UUID,
+            buckets: list[int] | None = None) -> Parity:
+    """Compare the staged file (run ``run_id``) with the target, inside the caller's transaction.
+    ``buckets``: staging holds only the CSV's rows of these key buckets; compare the target's rows of
+    the same buckets (the counts of rows are then those of the buckets)."""
+    restricted = buckets is not None
+    params = {"run": run_id, "buckets": buckets}
     source_rows, duplicate_rows, duplicate_keys, rejects, keyed_rejects = conn.execute(
         source_query(spec, staging), params).fetchone()
     if duplicate_keys or keyed_rejects:
         missing, extra, changed, source_rows, target_rows, rejected = conn.execute(
-            count_query(spec, staging), params).fetchone()
+            count_query(spec, staging, restricted), params).fetchone()
     else:
-        missing, extra, changed, target_rows = conn.execute(unambiguous_count_query(spec, staging), params).fetchone()
+        missing, extra, changed, target_rows = conn.execute(
+            unambiguous_count_query(spec, staging, restricted), params).fetchone()
         rejected = rejects + duplicate_rows
     counts = {"missing_in_target": missing, "extra_in_target": extra, "changed": changed,
               "rejected_in_source": rejected}
@@ -154,7 +168,7 @@ def compare(conn: psycopg.Connection, spec: TableSpec, staging: str, run_id: UUI
     for kind, n in counts.items():
         if not n:
             continue
-        rows = conn.execute(examples_query(spec, staging, kind), params).fetchall()
+        rows = conn.execute(examples_query(spec, staging, kind, restricted), params).fetchall()
         if kind == "changed":
             examples[kind] = [{"key": k, "columns": list(cols)} for k, cols in rows]
         elif kind == "rejected_in_source":

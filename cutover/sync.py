@@ -161,17 +161,33 @@ def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) ->
     return typed, rejects, read
 
 
-def _csv_bytes(df: pl.DataFrame) -> bytes:
+def csv_bytes(df: pl.DataFrame) -> bytes:
     out = io.BytesIO()
     # non_numeric quotes every string, so '' stays '' and NULL stays an empty unquoted field.
     df.write_csv(out, include_header=False, quote_style="non_numeric")
     return out.getvalue()
 
 
+def copy_staged(conn: psycopg.Connection, plan: SyncPlan, rows: bytes, rejects: pl.DataFrame) -> None:
+    """COPY typed rows (``csv_bytes`` of them, ``_line`` last) into the run's staging table and its
+    rejects into ``cutover.rejects``, in the caller's transaction."""
+    with conn.cursor() as cur:
+        try:
+            with cur.copy(merge.copy_into_staging(plan.spec, plan.staging)) as cp:
+                for i in range(0, len(rows), 1 << 20):
+                    cp.write(rows[i:i + (1 << 20)])
+        except pgerr.UndefinedTable as exc:  # a newer sync merged first and ended this run
+            raise ConcurrentChange(
+                f"{plan.spec.name}: another sync merged while this one was loading, which ended this run"
+                " (its staging table is gone); nothing was applied — rerun the sync") from exc
+        if rejects.height:
+            with cur.copy(merge.COPY_REJECTS) as cp:
+                cp.write(csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
+
+
 def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> BatchResult:
     typed, rejects, read = parse_batch(plan, header, batch)
-    rows = _csv_bytes(typed)
-    rejects_csv = _csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all()))
+    rows = csv_bytes(typed)
     attempts = 0
 
     def step(conn: psycopg.Connection) -> None:
@@ -180,18 +196,7 @@ def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvs
         if attempts > 1:
             conn.execute(merge.forget_batch(plan.staging),
                          {"first": batch.first_line, "end": batch.end_line, "run": plan.run_id})
-        with conn.cursor() as cur:
-            try:
-                with cur.copy(merge.copy_into_staging(plan.spec, plan.staging)) as cp:
-                    for i in range(0, len(rows), 1 << 20):
-                        cp.write(rows[i:i + (1 << 20)])
-            except pgerr.UndefinedTable as exc:  # a newer sync merged first and ended this run
-                raise ConcurrentChange(
-                    f"{plan.spec.name}: another sync merged while this one was loading, which ended this run"
-                    " (its staging table is gone); nothing was applied — rerun the sync") from exc
-            if rejects.height:
-                with cur.copy(merge.COPY_REJECTS) as cp:
-                    cp.write(rejects_csv)
+        copy_staged(conn, plan, rows, rejects)
         state.heartbeat(conn, plan.run_id)
 
     db.run(step, what=f"load batch {batch.index} of {plan.spec.name}")
@@ -313,7 +318,7 @@ def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvsc
         if (verbatim is not None and not rejects.height and not rewritten and in_spec_order
                 and _no_end_marker(verbatim)):  # COPY reads the batch's own bytes as we did: no re-encoding
             return batch, verbatim, typed.height, rejects, read
-        return batch, _csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(_truncated("value")), read
+        return batch, csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(_truncated("value")), read
 
     return in_order(parse, batches, workers)
 
@@ -361,7 +366,7 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                                 for i in range(0, len(rows), 1 << 20):
                                     cp.write(rows[i:i + (1 << 20)])
                                 if rejects.height:
-                                    spool.write(_csv_bytes(rejects.select(
+                                    spool.write(csv_bytes(rejects.select(
                                         pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
                                 read, loaded, rejected = read + n, loaded + staged, rejected + rejects.height
                                 if on_batch:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cutover import csvscan, gx_runner, merge, parity, report, security_checks, state, suites, sync
+from cutover import csvscan, digest_parity, gx_runner, merge, parity, report, security_checks, state, suites, sync
 from cutover.db import Database
 from cutover.spec import TableSpec
 
@@ -231,14 +231,25 @@ def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> r
 
 
 def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict:
-    """Exact parity alone (no suites, no report): stage the CSV, compare, clean up."""
+    """Exact parity alone (no suites, no report), by digests: the CSV is read, not uploaded, except the
+    rows of the key buckets that differ (``cutover.digest_parity``)."""
     if plan.staging is None:
         raise FileNotFoundError(f"{plan.spec.name}: no CSV to compare with")
+    stg = plan.staging
     try:
-        stage_source(db, plan, sync.thread_map(workers))
-        result = compare(db, plan)
+        fscan = begin_staging(db, plan)
+        with _alive(db, plan):
+            result, counts = db.run(lambda conn: digest_parity.compare(conn, stg, fscan, workers),
+                                    what=f"parity of {plan.spec.name}", snapshot=True)
+
+        def end(conn) -> None:
+            conn.execute(merge.drop_staging(stg.staging))
+            state.finish_run(conn, stg.run_id, rows_read=counts.read, rows_loaded=counts.loaded,
+                             rows_rejected=counts.rejected, csv_sha256=fscan.sha256, csv_bytes=fscan.size)
+
+        db.run(end, what=f"finish parity of {plan.spec.name}")
     except BaseException as exc:
         abort(db, plan, exc)
         raise
-    db.run(lambda conn: _end_staging(conn, plan), what="drop staging")
-    return result
+    sync.drop_snapshot(stg)
+    return result.as_dict()

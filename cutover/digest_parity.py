@@ -1,0 +1,91 @@
+"""Exact parity of a CSV and its table without uploading the CSV: digests first, rows where they differ.
+
+Contract: ``compare`` returns the same ``Parity`` as staging the whole file and running
+``cutover.parity.compare`` on it (the counts, the examples, the rejects recorded for the run), unless
+two different sets of rows share a 128-bit MD5 XOR (``cutover.digests``).
+
+1. The CSV is read and typed by the loader's own code (same rejects), batches in parallel, each
+   summed into buckets of keys; meanwhile PostgreSQL sums the table the same way, in one query.
+2. Buckets whose sums agree hold the same rows on both sides. The others (``digests.suspects``) are
+   compared row by row: a second read of the file stages only their rows, and ``parity.compare``
+   runs on those buckets alone. A file with rejects takes that second read too, which records them.
+So a file that matches its table costs one read of each and sends nothing but bucket sums.
+
+Concurrency: everything that reads the table — its sums, the staging of step 2 and the comparison —
+runs in ONE repeatable-read transaction, so the table is compared as of one instant even while the
+application writes to it. The staged rows and rejects are written by that same transaction (they are
+the run's own; nothing else reads them).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import numpy as np
+import psycopg
+
+from cutover import csvscan, digests, merge, parity, sync
+from cutover.pipeline import in_order
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    read: int
+    loaded: int  # rows typed (duplicates included): the staged rows a full staging would hold
+    rejected: int
+
+
+def _typed_batches(plan: sync.SyncPlan, fscan: csvscan.FileScan, workers: int):
+    def parse(batch: csvscan.Batch):
+        raw, lines, ragged, read, verbatim = sync.read_raw(plan, fscan.header, batch)
+        typed, rejects = sync.type_rows(plan, raw, lines, ragged)
+        return typed, rejects, read, verbatim is not None and digests.SEPARATOR.encode() not in verbatim
+
+    return in_order(parse, fscan.batches, workers)
+
+
+def source_sums(plan: sync.SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
+    """Pass 1 over the CSV: its bucket sums and counts; nothing is written."""
+    sums, read, loaded, rejected = digests.Sums.empty(), 0, 0, 0
+    for typed, rejects, n, separator_free in _typed_batches(plan, fscan, workers):
+        digests.source_sums(typed, plan.spec, into=sums, separator_free=separator_free)
+        read, loaded, rejected = read + n, loaded + typed.height, rejected + rejects.height
+    return sums, SourceCounts(read, loaded, rejected)
+
+
+def stage_suspects(conn: psycopg.Connection, plan: sync.SyncPlan, fscan: csvscan.FileScan, buckets: np.ndarray,
+                   workers: int) -> None:
+    """Pass 2: the CSV's rows of ``buckets`` into the run's staging table, every reject into the run's
+    rejects, through ``conn``."""
+    for typed, rejects, *_ in _typed_batches(plan, fscan, workers):
+        rows = digests.in_buckets(typed, plan.spec, buckets) if len(buckets) else typed.clear()
+        if rows.height or rejects.height:
+            sync.copy_staged(conn, plan, sync.csv_bytes(rows), rejects)
+    conn.execute(merge.analyze_staging(plan.staging))
+
+
+def target_sums(conn: psycopg.Connection, plan: sync.SyncPlan) -> digests.Sums:
+    before = conn.execute("select current_setting('enable_sort'), current_setting('work_mem')").fetchone()
+    # the planner cannot know there are only 65,536 buckets: left alone, it sorts the whole table
+    conn.execute("select set_config('enable_sort', 'off', true), set_config('work_mem', '64MB', true)")
+    rows = conn.execute(digests.target_sql(plan.spec)).fetchall()
+    conn.execute("select set_config('enable_sort', %s, true), set_config('work_mem', %s, true)", before)
+    return digests.target_sums(rows)
+
+
+def compare(conn: psycopg.Connection, plan: sync.SyncPlan, fscan: csvscan.FileScan,
+            workers: int) -> tuple[parity.Parity, SourceCounts]:
+    """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``) and its table, in ``conn``'s
+    transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
+        table = side.submit(target_sums, conn, plan)
+        source, counts = source_sums(plan, fscan, workers)
+        target = table.result()
+    suspects = digests.suspects(source, target)
+    if not len(suspects) and not counts.rejected:
+        return parity.Parity(source_rows=counts.loaded, target_rows=target.total, missing_in_target=0,
+                             extra_in_target=0, changed=0, rejected_in_source=0), counts
+    stage_suspects(conn, plan, fscan, suspects, workers)
+    found = parity.compare(conn, plan.spec, plan.staging, plan.run_id, buckets=suspects.tolist())
+    return replace(found, source_rows=counts.loaded, target_rows=target.total), counts

@@ -1,0 +1,203 @@
+"""Row digests of a CSV's typed rows and of a table's rows, summed into buckets of keys.
+
+Contract: ``source_sums`` (polars, over typed batches) and ``target_sql`` (one PostgreSQL query) give
+the same sums for the same rows. Both sides write each row in one canonical text and digest it with
+MD5, the one digest both have (PostgreSQL's ``md5``, the ``polars-hash`` plugin's), so the value
+never depends on a polars version; nothing is stored.
+
+The canonical text is the row's non-NULL fields joined by U+001F, then a bitmask of its NULL columns:
+- uuid: lower-case hyphenated hex, as PostgreSQL prints it;
+- timestamptz: microseconds since 1970-01-01 UTC (a value only the table can hold, such as
+  ``infinity``, prints as itself and equals no CSV value);
+- numeric(p,s): PostgreSQL's output: exactly s decimals, no sign on zero;
+- text: as is.
+It is injective as long as no text holds U+001F: the bitmask fixes which fields are present, so two
+equal texts have equal separator counts, and a separator inside a table's value would need one more
+than the CSV row has. A CSV row with U+001F in a text is therefore never trusted to its digest: its
+bucket is always compared row by row (``suspects``).
+
+A bucket (one of 65,536) is a function of the key alone (``key_bucket_sql``); its sums are the row
+count and the XOR of the rows' 128-bit digests (two 64-bit halves). The table's rows have
+distinct keys, so they form a set; a multiset of CSV rows with the same count and XOR as a set is
+that very set (each of its rows must appear an odd number of times, any other row an even number),
+unless digests collide. Sums take constant memory and let PostgreSQL aggregate without sending rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import polars_hash as plh
+from psycopg import sql
+
+from cutover.ddl import ident, target
+from cutover.spec import Column, TableSpec
+
+BUCKET_DIGITS = 4  # 65,536 buckets: a one-row difference stages 1/65,536 of the file
+BUCKETS = 16 ** BUCKET_DIGITS
+SEPARATOR = "\x1f"
+MASK_BITS = 62  # NULL flags per int8 field of the bitmask
+MAX_DECIMAL_PRECISION = 38  # polars' Decimal; wider numerics take the string rule
+NUM_PARTS = r"^([+-]?)0*(\d*)(?:\.(\d*))?$"
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
+
+
+@dataclass(frozen=True)
+class Sums:
+    """Per bucket (the array index): ``rows``, ``x0``/``x1`` (the XOR of the digests' halves) and
+    ``untrusted`` (a CSV row of it holds the separator: compare it row by row whatever its sums)."""
+
+    rows: np.ndarray
+    x0: np.ndarray
+    x1: np.ndarray
+    untrusted: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Sums:
+        return cls(np.zeros(BUCKETS, np.int64), np.zeros(BUCKETS, np.uint64), np.zeros(BUCKETS, np.uint64),
+                   np.zeros(BUCKETS, bool))
+
+    @property
+    def total(self) -> int:
+        return int(self.rows.sum())
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Fold in a frame of (bucket, rows, x0, x1[, untrusted]) with one row per bucket."""
+        at = frame["bucket"].to_numpy()
+        self.rows[at] += frame["rows"].to_numpy()
+        self.x0[at] ^= frame["x0"].to_numpy()
+        self.x1[at] ^= frame["x1"].to_numpy()
+        if "untrusted" in frame.columns:
+            self.untrusted[at] |= frame["untrusted"].to_numpy()
+
+
+def _masks(spec: TableSpec) -> list[list[Column]]:
+    nullable = [c for c in spec.columns if c.nullable]
+    return [nullable[i:i + MASK_BITS] for i in range(0, len(nullable), MASK_BITS)]
+
+
+# --- the CSV side -----------------------------------------------------------------------------
+
+def _numeric_text(col: pl.Expr, c: Column) -> pl.Expr:
+    parts = col.str.extract_groups(NUM_PARTS)
+    sign, whole, frac = parts.struct.field("1"), parts.struct.field("2"), parts.struct.field("3").fill_null("")
+    whole = pl.when(whole == "").then(pl.lit("0")).otherwise(whole)
+    frac = (frac + "0" * c.scale).str.slice(0, c.scale)  # the loader let only zeros pass beyond the scale
+    zero = (whole == "0") & (frac.str.strip_chars("0") == "")
+    signed = pl.when(zero | (sign != "-")).then(pl.lit("")).otherwise(pl.lit("-"))
+    return signed + whole + ("." + frac if c.scale else pl.lit(""))
+
+
+def _field(c: Column) -> pl.Expr:
+    """The canonical text of a typed value (``cutover.coerce``'s output), NULL kept."""
+    col = pl.col(c.name)
+    if c.type == "timestamptz":  # the loader passes either shape: as written (fast) or its own UTC form
+        instant = col.str.replace(" ", "T", literal=True).str.replace("Z", "+00:00", literal=True).str.to_datetime(
+            TS_FORMAT, time_unit="us", time_zone="UTC", strict=True)
+        return instant.dt.epoch("us").cast(pl.String)
+    if c.type == "numeric":
+        if c.precision <= MAX_DECIMAL_PRECISION:  # prints as PostgreSQL does: ``scale`` decimals, no -0
+            return col.cast(pl.Decimal(c.precision, c.scale)).cast(pl.String)
+        return _numeric_text(col, c)
+    return col  # text as is; uuid: the loader lower-cased it
+
+
+def _mask(columns: list[Column]) -> pl.Expr:
+    return pl.sum_horizontal(pl.col(c.name).is_null().cast(pl.Int64) * (1 << i)
+                             for i, c in enumerate(columns)).cast(pl.String)
+
+
+def _bucket(key: Column, text: str) -> pl.Expr:
+    """The bucket of the key whose canonical text is column ``text``."""
+    if key.type == "uuid":  # see key_bucket_sql
+        return (pl.col(text).str.slice(0, BUCKET_DIGITS).str.to_integer(base=16)
+                .xor(pl.col(text).str.slice(-BUCKET_DIGITS).str.to_integer(base=16)).alias("bucket"))
+    return plh.col(text).nchash.md5().str.slice(0, BUCKET_DIGITS).str.to_integer(base=16).alias("bucket")
+
+
+def _halves(digest: pl.Expr) -> list[pl.Expr]:
+    return [digest.str.slice(16 * i, 16).str.to_integer(base=16, dtype=pl.UInt64).alias(f"x{i}") for i in range(2)]
+
+
+def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False) -> None:
+    """Fold a batch of typed rows (columns in spec order; others ignored) into ``into``.
+    ``separator_free``: the caller knows no value holds the separator (its bytes do not)."""
+    if typed.height == 0:
+        return
+    fields = [_field(c) for c in spec.columns] + [_mask(m) for m in _masks(spec)]
+    present = len(fields) - pl.sum_horizontal(pl.col(c.name).is_null().cast(pl.Int32) for c in spec.columns)
+    # more separators than fields: a text holds one
+    untrusted = pl.lit(False) if separator_free else \
+        pl.col("_row").str.count_matches(SEPARATOR, literal=True) != pl.col("_present") - 1
+    canonical = typed.select(_field(spec.column(spec.primary_key)).alias("_key"),
+                             pl.concat_str(fields, separator=SEPARATOR, ignore_nulls=True).alias("_row"),
+                             present.alias("_present"))
+    digests = canonical.select(_bucket(spec.column(spec.primary_key), "_key"),
+                               *_halves(plh.col("_row").nchash.md5()), untrusted.alias("untrusted"))
+    into.add(digests.group_by("bucket").agg(
+        pl.len().cast(pl.Int64).alias("rows"), pl.col("x0").bitwise_xor(), pl.col("x1").bitwise_xor(),
+        pl.col("untrusted").any()))
+
+
+def in_buckets(typed: pl.DataFrame, spec: TableSpec, buckets: np.ndarray) -> pl.DataFrame:
+    """The rows of ``typed`` whose key falls in one of ``buckets``."""
+    key = spec.column(spec.primary_key)
+    keys = typed.select(_field(key).alias("_key"))
+    return typed.filter(keys.select(_bucket(key, "_key").is_in(pl.Series(buckets).implode())).to_series())
+
+
+def suspects(source: Sums, target: Sums) -> np.ndarray:
+    """The buckets to compare row by row: their sums differ, or the CSV's side is untrusted. Sorted."""
+    return np.nonzero((source.rows != target.rows) | (source.x0 != target.x0) | (source.x1 != target.x1)
+                      | source.untrusted)[0]
+
+
+# --- the table side ---------------------------------------------------------------------------
+
+def _sql_field(c: Column) -> sql.Composable:
+    col = ident(c.name)
+    if c.type == "timestamptz":
+        return sql.SQL("case when isfinite({c}) then (extract(epoch from {c}) * 1000000)::int8::text"
+                       " else {c}::text end").format(c=col)
+    return sql.SQL("{}::text").format(col) if c.type != "text" else col
+
+
+def _sql_mask(columns: list[Column]) -> sql.Composable:
+    return sql.SQL("({})::text").format(sql.SQL(" + ").join(
+        sql.SQL("({} is null)::int * {}::int8").format(ident(c.name), sql.Literal(1 << i)) for i, c in enumerate(columns)))
+
+
+def key_bucket_sql(spec: TableSpec) -> sql.Composable:
+    """The bucket of a table row's key, in SQL: the MD5's first hex digits; for a uuid, cheaper, its
+    first and last digits XORed (random in v4 and v7, time and counter bits in v1). A poor spread would
+    only make a difference stage more rows, never change a result."""
+    key = spec.column(spec.primary_key)
+    bits = sql.Literal(4 * BUCKET_DIGITS)
+    if key.type == "uuid":
+        return sql.SQL("(('x' || left({k}::text, {n}))::bit({b}) # ('x' || right({k}::text, {n}))::bit({b}))::int").format(
+            k=ident(key.name), n=sql.Literal(BUCKET_DIGITS), b=bits)
+    return sql.SQL("('x' || left(md5({}), {}))::bit({})::int").format(_sql_field(key), sql.Literal(BUCKET_DIGITS), bits)
+
+
+def target_sql(spec: TableSpec) -> sql.Composed:
+    """(bucket, rows, x0, x1) of the whole table, aggregated in PostgreSQL (run it with ``enable_sort``
+    off: the planner cannot know how few buckets there are)."""
+    fields = [_sql_field(c) for c in spec.columns] + [_sql_mask(m) for m in _masks(spec)]
+    row = sql.SQL("concat_ws({}, {})").format(sql.Literal(SEPARATOR), sql.SQL(", ").join(fields))
+    return sql.SQL("""
+select b, n, substring(x from 1 for 64)::int8, substring(x from 65 for 64)::int8
+from (select b, count(*)::int8 n, bit_xor(d) x
+      from (select {bucket} b, ('x' || md5({row}))::bit(128) d from {t}) r
+      group by b) g""").format(bucket=key_bucket_sql(spec), row=row, t=target(spec))
+
+
+def target_sums(rows: list[tuple]) -> Sums:
+    """``target_sql``'s rows as sums (the halves come back signed: the same 64 bits)."""
+    sums = Sums.empty()
+    if rows:
+        frame = pl.DataFrame(rows, schema={"bucket": pl.Int64, "rows": pl.Int64, "x0": pl.Int64, "x1": pl.Int64},
+                             orient="row")
+        sums.add(frame.with_columns(pl.col("x0", "x1").reinterpret(signed=False)))
+    return sums

@@ -1,0 +1,206 @@
+"""Parity by digests (``cutover parity``) against the staged comparison the gate runs, as the oracle.
+
+Every scenario compares the same CSV with the same table both ways and requires the same result:
+counts, examples (keys, changed columns) and rejects. Beside that: a CSV that matches its table
+stages nothing (every bucket's sums agree), a difference stages only its own bucket, and a text
+holding the digest's separator is compared row by row.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from cutover import digest_parity, digests, sync as engine, validate as validation
+from tests.csvdata import AGENT, OTHER_AGENT, approval, lead, write_csv
+
+APPROVAL_COLUMNS = ("id", "lead_id", "channel", "draft", "status", "reviewer", "decided_at", "created_at",
+                    "updated_at")
+
+
+def _plan(settings, specs, table, csv=None):
+    return validation.plan_validation(specs[table], specs, csv or settings.csv_path(table),
+                                      rejects_dir=settings.rejects_dir, batch_bytes=settings.batch_bytes,
+                                      suites_dir=settings.expectations_dir, reports_dir=settings.reports_dir)
+
+
+def _sync(db, settings, specs, table="leads"):
+    plan = engine.plan_sync(specs[table], specs, settings.csv_path(table), rejects_dir=settings.rejects_dir,
+                            batch_bytes=settings.batch_bytes, mass_delete_threshold=1.0)
+    return engine.run_sync(db, plan, workers=1)
+
+
+def _staged(db, settings, specs, table):
+    """The oracle: the whole file staged, compared in SQL (what the gate does)."""
+    plan = _plan(settings, specs, table)
+    validation.stage_source(db, plan, engine.thread_map(1))
+    result = validation.compare(db, plan)
+    db.run(lambda conn: validation._end_staging(conn, plan))
+    return result
+
+
+def _both(db, settings, specs, table="leads", workers=1):
+    by_digests = validation.parity_only(db, _plan(settings, specs, table), workers=workers)
+    staged = _staged(db, settings, specs, table)
+    assert by_digests == staged
+    return by_digests
+
+
+def _suspects(db, settings, specs, table="leads"):
+    """The buckets a digest comparison of the table's CSV would stage."""
+    plan = _plan(settings, specs, table).staging
+    fscan = engine.scan(plan)
+    try:
+        source, _ = digest_parity.source_sums(plan, fscan, workers=1)
+        target = db.run(lambda conn: digest_parity.target_sums(conn, plan))
+        return digests.suspects(source, target)
+    finally:
+        engine.drop_snapshot(plan)
+
+
+def test_a_matching_file_agrees_bucket_for_bucket_whatever_its_spelling(db, settings, specs):
+    rows = [lead(1, created_at="2025-03-01T12:00:00.123456+02:00", budget="1.5", notes='a "quoted",\nmulti-line ü',
+                 phone="", street=None, id=lead(1)["id"].upper()),
+            lead(2, created_at="2025-03-01 10:00:00-05:30", updated_at="2025-03-02T11:30Z", budget="-0.00"),
+            lead(3, budget="007.10", notes="", city="a,b", zip=None, agent_id=None),
+            lead(4, created_at="0001-01-01T00:00:00Z", budget="+12"),
+            lead(5, notes="tab\tand emoji 🏠 and a \\ backslash", budget=None)]
+    write_csv(settings.csv_path("leads"), rows)
+    assert _sync(db, settings, specs).rejected == 0
+    # the same values, spelled otherwise
+    write_csv(settings.csv_path("leads"), [
+        {**rows[0], "created_at": "2025-03-01T10:00:00.123456Z", "budget": "1.50", "id": lead(1)["id"]},
+        {**rows[1], "created_at": "2025-03-01T15:30:00+00:00", "updated_at": "2025-03-02 11:30:00.000000Z",
+         "budget": "0"},
+        {**rows[2], "budget": "7.1"}, {**rows[3], "budget": "12.00"}, rows[4]])
+    assert len(_suspects(db, settings, specs)) == 0
+    result = _both(db, settings, specs)
+    assert result["passed"] and result["source_rows"] == result["target_rows"] == 5
+
+
+@pytest.mark.parametrize("change, column", [
+    (dict(created_at="2025-03-01T10:00:00.000001Z"), "created_at"),
+    (dict(phone=None), "phone"),  # '' → NULL
+    (dict(notes=""), "notes"),  # NULL → ''
+    (dict(budget="450000.01"), "budget"),
+    (dict(agent_id=OTHER_AGENT), "agent_id"),
+    (dict(notes="a\r\nb"), "notes"),
+])
+def test_one_changed_value_is_found_in_its_bucket_alone(db, settings, specs, change, column):
+    rows = [lead(i, notes="a\nb" if i == 3 else None) for i in range(40)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    rows[3] = {**rows[3], **change}
+    write_csv(settings.csv_path("leads"), rows)
+    assert len(_suspects(db, settings, specs)) == 1
+    result = _both(db, settings, specs)
+    assert result["changed"] == 1 and result["examples"]["changed"] == [{"key": rows[3]["id"], "columns": [column]}]
+
+
+def test_missing_extra_rejected_and_duplicate_rows_match_the_staged_comparison(db, settings, specs):
+    rows = [lead(i) for i in range(30)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    write_csv(settings.csv_path("leads"),
+              rows[2:20] + [lead(20, budget="12.345"), lead(21, created_at="yesterday"), rows[22], rows[22],
+                            lead(23, city="Elsewhere"), rows[23]] + rows[24:] + [lead(100), lead(101, status="nope")])
+    result = _both(db, settings, specs)
+    assert (result["missing_in_target"], result["extra_in_target"]) == (1, 2)
+    assert result["rejected_in_source"] == 7  # three untypable rows, two keys twice each
+    assert not result["passed"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])  # a batch sent as written, or re-encoded
+def test_a_text_holding_the_separator_is_compared_row_by_row(db, settings, specs, newline):
+    rows = [lead(i) for i in range(10)]
+    rows[1] = lead(1, first_name="a\x1fb", last_name="c")
+    write_csv(settings.csv_path("leads"), rows, newline=newline)
+    _sync(db, settings, specs)
+    assert len(_suspects(db, settings, specs)) == 1  # its bucket, though its sums agree
+    assert _both(db, settings, specs)["passed"]
+    # the same joined text from other fields: equal digests, yet a change
+    rows[1] = lead(1, first_name="a", last_name="b\x1fc")
+    write_csv(settings.csv_path("leads"), rows, newline=newline)
+    result = _both(db, settings, specs)
+    assert result["changed"] == 1 and result["examples"]["changed"][0]["columns"] == ["first_name", "last_name"]
+
+
+def test_a_value_only_the_table_can_hold_differs(db, settings, specs, sql):
+    rows = [lead(i) for i in range(5)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    sql("update public.leads set updated_at = 'infinity' where id = %s", (rows[2]["id"],))
+    result = _both(db, settings, specs)
+    assert result["examples"]["changed"] == [{"key": rows[2]["id"], "columns": ["updated_at"]}]
+
+
+def test_a_child_table_with_an_orphan_matches(db, settings, specs):
+    leads = [lead(i) for i in range(5)]
+    write_csv(settings.csv_path("leads"), leads)
+    _sync(db, settings, specs)
+    approvals = [approval(i, leads[i % 5]["id"], reviewer=AGENT if i % 2 else None) for i in range(8)]
+    write_csv(settings.csv_path("approvals"), approvals, columns=APPROVAL_COLUMNS)
+    _sync(db, settings, specs, "approvals")
+    write_csv(settings.csv_path("approvals"),
+              approvals[1:] + [approval(50, lead(99)["id"]), {**approvals[0], "draft": "changed"}],
+              columns=APPROVAL_COLUMNS)
+    result = _both(db, settings, specs, "approvals")
+    assert result["changed"] == 1 and not result["passed"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_edits_match_the_staged_comparison(db, settings, specs, seed):
+    rng = random.Random(seed)
+    rows = [lead(i, notes=rng.choice([None, "", "x", "multi\nline"])) for i in range(300)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    for _ in range(rng.randint(1, 12)):
+        i = rng.randrange(len(rows))
+        op = rng.choice(["edit", "drop", "add", "dup", "bad"])
+        if op == "edit":
+            rows[i] = {**rows[i], rng.choice(["city", "notes", "budget", "phone"]): rng.choice([None, "", "9.50", "z"])}
+        elif op == "drop":
+            rows.pop(i)
+        elif op == "add":
+            rows.append(lead(1000 + i))
+        elif op == "dup":
+            rows.append(rows[i])
+        else:
+            rows[i] = {**rows[i], "created_at": "not a time"}
+    rng.shuffle(rows)
+    write_csv(settings.csv_path("leads"), rows)
+    _both(db, settings, specs, workers=2)
+
+
+def test_parity_leaves_no_staging_and_records_a_finished_run(db, settings, specs, sql):
+    rows = [lead(i) for i in range(5)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    write_csv(settings.csv_path("leads"), rows[:4] + [lead(7, budget="x")])
+    result = validation.parity_only(db, _plan(settings, specs, "leads"), workers=1)
+    assert not result["passed"]
+    run = sql("select status, rows_read, rows_loaded, rows_rejected from cutover.runs where kind = 'validate'")
+    assert run == [("succeeded", 5, 4, 1)]
+    assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%'") == [(0,)]
+    assert sql("select line, column_name from cutover.rejects") == [(6, "budget")]
+
+
+def test_the_digest_transaction_sees_one_snapshot(db):
+    assert db.run(lambda conn: conn.execute("show transaction_isolation").fetchone()[0],
+                  snapshot=True) == "repeatable read"
+
+
+def test_buckets_agree_between_polars_and_sql_for_every_key(db, settings, specs, sql):
+    rows = [lead(i) for i in range(200)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    spec = specs["leads"]
+    in_sql = dict(sql(f"select id::text, {digests.key_bucket_sql(spec).as_string()} from public.leads"))
+    import polars as pl
+
+    typed = pl.DataFrame({c: [r[c] for r in rows] for c in spec.column_names})
+    for bucket in np.unique(list(in_sql.values())):
+        picked = digests.in_buckets(typed, spec, np.array([bucket]))["id"].to_list()
+        assert sorted(picked) == sorted(k for k, b in in_sql.items() if b == bucket)
