@@ -10,6 +10,7 @@ load's: the same rows, the same rejects with the same lines and reasons, the sam
 Records are compared by two polars row hashes (100 bits kept) with seeds drawn for this run and never
 stored (polars' hashes change between versions): see ``BaselineIndex``. Memory: 16 bytes a baseline
 record plus the batches in flight; the baseline's keys are read again only for the records that are gone.
+A baseline whose index would pass ``SyncPlan.diff_index_bytes`` is not indexed: memory stays bounded.
 
 Whatever would make the diff's outcome differ from the full load's sends the sync down the staged
 path (``load_changes`` returns None) before anything is applied: no usable baseline, a write since
@@ -22,6 +23,7 @@ only if the table's version is still the one the run began with.
 from __future__ import annotations
 
 import io
+import logging
 import secrets
 import tempfile
 from collections.abc import Callable
@@ -43,7 +45,9 @@ from cutover.syncplan import BatchResult, SyncPlan, SyncResult
 from cutover.unchanged import LAST_MERGE
 
 
+log = logging.getLogger("cutover.delta")
 TYPE_ROWS = 50_000  # changed rows typed at a time
+INDEX_BYTES_PER_RECORD = 16  # BaselineIndex: a sorted word and a second hash
 MOSTLY_CHANGED = 0.5  # past this share of changed records (from the second batch on), the diff gives up
 
 
@@ -199,7 +203,12 @@ class Indexing:
 
 
 def start_indexing(db: Database, plan: SyncPlan, base: Baseline | None, workers: int) -> Indexing | None:
-    """Begin indexing the table's baseline if the table still holds exactly its rows; None if not."""
+    """Begin indexing the table's baseline if the table still holds exactly its rows and the index
+    fits in ``plan.diff_index_bytes``; None if not."""
+    if base is not None and base.rows * INDEX_BYTES_PER_RECORD > plan.diff_index_bytes:
+        log.info("%s: no diff: indexing %d rows takes more than the %d MB allowed (CUTOVER_DIFF_INDEX_MB)",
+                 plan.spec.name, base.rows, plan.diff_index_bytes >> 20)
+        return None
     if base is None or db.run(lambda conn: _eligible(conn, plan, base),
                               what=f"check {plan.spec.name}'s baseline") is None:
         return None

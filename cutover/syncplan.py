@@ -38,6 +38,7 @@ class SyncPlan:
     mass_delete_threshold: float
     allow_mass_delete: bool
     actor: str
+    diff_index_bytes: int = 128 << 20  # see Settings.diff_index_mb
 
     @property
     def snapshot(self) -> Path:
@@ -97,7 +98,7 @@ def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
 
 def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, rejects_dir: Path,
               batch_bytes: int, mass_delete_threshold: float, allow_mass_delete: bool = False,
-              actor: str = "cutover") -> SyncPlan:
+              actor: str = "cutover", diff_index_mb: int = 128) -> SyncPlan:
     run_id = uuid.uuid4()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return SyncPlan(
@@ -105,7 +106,7 @@ def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, r
         staging=merge.staging_name(spec.name, run_id.hex),
         rejects_file=Path(rejects_dir) / f"{spec.name}-{stamp}-{run_id.hex[:8]}.csv",
         batch_bytes=batch_bytes, mass_delete_threshold=mass_delete_threshold,
-        allow_mass_delete=allow_mass_delete, actor=actor)
+        allow_mass_delete=allow_mass_delete, actor=actor, diff_index_bytes=diff_index_mb << 20)
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,15 @@ def test_no_diff_after_rejects_a_write_or_a_touched_baseline(db, settings, specs
     assert (result.method, result.deleted) == ("staged", 2)
 
 
+def test_a_baseline_whose_index_passes_the_memory_budget_is_not_diffed(db, settings, specs, tmp_path):
+    rows = [lead(i) for i in range(50)]
+    _sync(db, settings, specs, write_csv(tmp_path / "a.csv", rows))
+    edited = write_csv(tmp_path / "b.csv", rows[:-1] + [lead(49, city="Paris")])
+    result = _sync(db, settings, specs, edited, diff_index_mb=0)  # 50 rows need 800 bytes: over a 0 MB budget
+    assert (result.method, result.updated) == ("staged", 1)
+    assert _sync(db, settings, specs, write_csv(tmp_path / "c.csv", rows), diff_index_mb=1).method == "diff"
+
+
 def test_diff_refuses_a_mass_delete_and_applies_nothing(db, settings, specs, sql, tmp_path):
     rows = [lead(i) for i in range(100)]
     _sync(db, settings, specs, write_csv(tmp_path / "all.csv", rows))
