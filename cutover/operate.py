@@ -43,28 +43,31 @@ def current_state(db: Database, table: str) -> state.TableState:
     return db.run(read, what=f"read the state of {table}")
 
 
-def sync_needed(db: Database, table: str, csv_path: Path) -> bool:
-    """False when the last successful sync merged this very file and the table's data has not changed
-    since (a phase transition does not count: it changes no row)."""
+def sync_needed(db: Database, spec: TableSpec, csv_path: Path) -> bool:
+    """False when a sync would change nothing: the last successful sync merged this very file under
+    the same basis (spec, parents' data — a parent's change can make an orphan loadable), and the
+    table's data has not changed since (a phase transition does not count: it changes no row). The
+    same rule as ``cutover.unchanged``, without recording a run."""
+    from cutover.fingerprint import basis
+    from cutover.unchanged import LAST_MERGE
+
     def read(conn):
         from cutover import bootstrap
 
         if not bootstrap.is_bootstrapped(conn):
             return None
-        row = conn.execute(
-            """select r.csv_sha256, r.merged_version = s.data_version from cutover.runs r
-               join cutover.table_state s using (table_name)
-               where r.table_name = %s and r.kind = 'sync' and r.status = 'succeeded'
-               order by r.finished_at desc limit 1""", (table,)).fetchone()
-        return row
+        row = conn.execute(LAST_MERGE, (spec.name,)).fetchone()
+        if row is None:
+            return None
+        return row[1], row[4] == state.get_state(conn, spec.name).data_version and row[3] == basis(conn, spec)
 
-    row = db.run(read, what=f"last sync of {table}")
-    return not (row and row[1] and Path(csv_path).exists() and row[0] == gate.file_sha256(csv_path))
+    found = db.run(read, what=f"last sync of {spec.name}")
+    return not (found and found[1] and Path(csv_path).exists() and found[0] == gate.file_sha256(csv_path))
 
 
 def run_sync(settings: Settings, db: Database, specs: dict[str, TableSpec], table: str, *, actor: str):
     csv_path = settings.csv_path(table)
-    if not sync_needed(db, table, csv_path):
+    if not sync_needed(db, specs[table], csv_path):
         return None
     plan = sync.plan_sync(specs[table], specs, csv_path, rejects_dir=settings.rejects_dir,
                           batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,

@@ -25,7 +25,8 @@ def plan_transition(table: str, direction: str, drop: bool = False) -> phases.Tr
 
 @task(cache_policy=NO_CACHE)
 def sync_needed(table: str) -> bool:
-    return operate.sync_needed(resources.database(), table, resources.settings().csv_path(table))
+    settings = resources.settings()
+    return operate.sync_needed(resources.database(), resources.specs(settings)[table], settings.csv_path(table))
 
 
 @task(cache_policy=NO_CACHE)

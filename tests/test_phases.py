@@ -297,3 +297,21 @@ def test_cutover_backup_brings_the_csv_of_a_promoted_table_up_to_date(table, db,
     code, human, _ = _cli(env, "backup", "--table", "leads")  # again: nothing left, the CSV untouched
     assert code == 0 and human.strip() == f"leads: 0 upserted, 0 deleted (changes {r['to_change']} → {r['to_change']})"
     assert settings.csv_path("leads").read_text() == text
+
+
+def test_a_parents_change_makes_an_unchanged_childs_sync_needed(db, settings, specs):
+    """The transitions' pre-sync skips a table only when a sync would change nothing: the same file,
+    no write since, and the same parents' data (an orphan may have found its parent)."""
+    from tests.csvdata import APPROVAL_COLUMNS, approval
+
+    write_csv(settings.csv_path("leads"), [lead(i) for i in range(3)])
+    operate.run_sync(settings, db, specs, "leads", actor="test")
+    write_csv(settings.csv_path("approvals"), [approval(0, lead(0)["id"]), approval(1, lead(3)["id"])],
+              columns=APPROVAL_COLUMNS)
+    first = operate.run_sync(settings, db, specs, "approvals", actor="test")
+    assert (first.inserted, first.rejected) == (1, 1)  # lead 3 is not there yet: an orphan
+    assert operate.run_sync(settings, db, specs, "approvals", actor="test") is None  # nothing would change
+    write_csv(settings.csv_path("leads"), [lead(i) for i in range(4)])
+    operate.run_sync(settings, db, specs, "leads", actor="test")
+    again = operate.run_sync(settings, db, specs, "approvals", actor="test")
+    assert again is not None and (again.rejected, again.inserted) == (0, 1)
