@@ -47,9 +47,10 @@ class Settings(BaseSettings):
     # ~15k leads rows: a batch in flight costs ~10x its size in memory, and a few are in flight at once
     # (300 MB peak RSS at any file size); flows on big workers may raise it to map fewer tasks
     batch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
-    # The diff sync's index of the last merged file costs 16 bytes a row; past this many MB (8M rows)
-    # a re-sync takes the staged path, whose memory does not grow with the file. 0: never diff.
-    diff_index_mb: int = Field(default=128, ge=0)
+    # The diff sync's index of the last merged file costs 16 bytes a row; past this many MB (4M rows,
+    # which keeps the process near 300 MB) a re-sync takes the staged path, whose memory does not grow
+    # with the file. 0: never diff.
+    diff_index_mb: int = Field(default=64, ge=0)
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
     retry_attempts: int = Field(default=5, ge=1)
     # A Dask scheduler (tcp://host:8786): the flows then map batch tasks over its workers.

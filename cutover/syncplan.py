@@ -38,7 +38,7 @@ class SyncPlan:
     mass_delete_threshold: float
     allow_mass_delete: bool
     actor: str
-    diff_index_bytes: int = 128 << 20  # see Settings.diff_index_mb
+    diff_index_bytes: int = 64 << 20  # see Settings.diff_index_mb
 
     @property
     def snapshot(self) -> Path:
@@ -98,7 +98,7 @@ def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
 
 def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, rejects_dir: Path,
               batch_bytes: int, mass_delete_threshold: float, allow_mass_delete: bool = False,
-              actor: str = "cutover", diff_index_mb: int = 128) -> SyncPlan:
+              actor: str = "cutover", diff_index_mb: int = 64) -> SyncPlan:
     run_id = uuid.uuid4()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return SyncPlan(
