@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 import psycopg
 
-from cutover import csvscan, merge, state
+from cutover import batches, commit, csvscan, merge, state
 from cutover.baseline import Baseline
 from cutover.coerce import column_rule
 from cutover.db import Database
@@ -224,8 +224,6 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
                  on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult | None:
     """Diff ``fscan`` against the baseline and merge the difference in one transaction; None, having
     applied nothing, when the staged path must judge the file (see the module docstring)."""
-    from cutover import sync  # the batch reader and the run's ending are the staged path's own
-
     spec = plan.spec
     indexed = indexing.index.result() if indexing is not None else None
     if indexed is None:
@@ -235,11 +233,11 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
     read = unchanged = 0
 
     def diff(batch: csvscan.Batch):
-        raw, lines, ragged, n, _ = sync.read_raw(plan, fscan.header, batch)
+        raw, lines, ragged, n, _ = batches.read_raw(plan, fscan.header, batch)
         same, pos = index.positions(raw)
         changed = pl.Series(~same)
         # as CSV text: a filtered frame would keep its whole batch's strings alive until typed
-        return batch, n, pos, sync.csv_bytes(raw.filter(changed).with_columns(lines.filter(changed))), \
+        return batch, n, pos, batches.csv_bytes(raw.filter(changed).with_columns(lines.filter(changed))), \
             int(changed.sum()), ragged
 
     with tempfile.TemporaryFile() as rows_spool, tempfile.TemporaryFile() as rejects_spool:
@@ -258,9 +256,9 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
             ragged = pl.concat([r for _, r in pending])
             pending.clear()
             pending_rows = 0
-            typed, rejects = sync.type_rows(plan, raw.drop("_line"), raw["_line"], ragged)
-            rows_spool.write(sync.csv_bytes(typed))
-            rejects_spool.write(sync.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
+            typed, rejects = batches.type_rows(plan, raw.drop("_line"), raw["_line"], ragged)
+            rows_spool.write(batches.csv_bytes(typed))
+            rejects_spool.write(batches.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
 
         for batch, n, pos, changed, n_changed, ragged in in_order(diff, list(fscan.batches), workers):
             seen[pos] = True
@@ -283,7 +281,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
             return None
 
         def step(conn: psycopg.Connection) -> SyncResult | None:
-            current = sync.lock_for_merge(conn, plan, base_version)
+            current = commit.lock_for_merge(conn, plan, base_version)
             if _eligible(conn, plan, base) is None:  # written since the check: the table is not the baseline
                 return None
             try:
@@ -295,7 +293,7 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
 
         result = db.run(step, what=f"merge {spec.name}'s changes")
     if result is not None:
-        sync.keep_baseline(plan, fscan, result.read)
+        commit.keep_baseline(plan, fscan, result.read)
     return result
 
 
@@ -309,8 +307,6 @@ def _copy(cur: psycopg.Cursor, statement, spool) -> None:
 def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
            started: float, rows_spool, rejects_spool, keys: bytes, *, read: int, unchanged: int,
            baseline_rows: int) -> SyncResult:
-    from cutover import sync
-
     spec, stg, params = plan.spec, plan.staging, {"run": plan.run_id}
     with conn.cursor() as cur:
         _copy(cur, merge.copy_into_staging(spec, stg), rows_spool)
@@ -332,9 +328,9 @@ def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, cu
     if read != loaded + rejected:
         raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
     conn.execute(merge.keep_newer_writes(spec, stg), params)
-    sync.refuse_mass_delete(plan, conn.execute(merge.count_gone(spec, stg), params).fetchone()[0], baseline_rows)
+    commit.refuse_mass_delete(plan, conn.execute(merge.count_gone(spec, stg), params).fetchone()[0], baseline_rows)
     deleted = conn.execute(merge.delete_gone(spec, stg), params).rowcount
     updated = conn.execute(merge.update_changed(spec, stg)).rowcount
     inserted = conn.execute(merge.insert_new(spec, stg)).rowcount
-    return sync.finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
+    return commit.finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
                        inserted=inserted, updated=updated, deleted=deleted, method="diff")

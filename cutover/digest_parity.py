@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import psycopg
 
-from cutover import csvscan, digests, merge, parity, sync
+from cutover import batches, csvscan, digests, merge, parity
 from cutover.pipeline import in_order
+from cutover.syncplan import SyncPlan
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,16 @@ class SourceCounts:
     rejected: int
 
 
-def _typed_batches(plan: sync.SyncPlan, fscan: csvscan.FileScan, workers: int):
+def _typed_batches(plan: SyncPlan, fscan: csvscan.FileScan, workers: int):
     def parse(batch: csvscan.Batch):
-        raw, lines, ragged, read, verbatim = sync.read_raw(plan, fscan.header, batch)
-        typed, rejects = sync.type_rows(plan, raw, lines, ragged)
+        raw, lines, ragged, read, verbatim = batches.read_raw(plan, fscan.header, batch)
+        typed, rejects = batches.type_rows(plan, raw, lines, ragged)
         return typed, rejects, read, verbatim is not None and digests.SEPARATOR.encode() not in verbatim
 
     return in_order(parse, fscan.batches, workers)
 
 
-def source_sums(plan: sync.SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
+def source_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
     """Pass 1 over the CSV: its bucket sums and counts; nothing is written."""
     sums, read, loaded, rejected = digests.Sums.empty(), 0, 0, 0
     for typed, rejects, n, separator_free in _typed_batches(plan, fscan, workers):
@@ -54,18 +55,18 @@ def source_sums(plan: sync.SyncPlan, fscan: csvscan.FileScan, workers: int) -> t
     return sums, SourceCounts(read, loaded, rejected)
 
 
-def stage_suspects(conn: psycopg.Connection, plan: sync.SyncPlan, fscan: csvscan.FileScan, buckets: np.ndarray,
+def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, buckets: np.ndarray,
                    workers: int) -> None:
     """Pass 2: the CSV's rows of ``buckets`` into the run's staging table, every reject into the run's
     rejects, through ``conn``."""
     for typed, rejects, *_ in _typed_batches(plan, fscan, workers):
         rows = digests.in_buckets(typed, plan.spec, buckets) if len(buckets) else typed.clear()
         if rows.height or rejects.height:
-            sync.copy_staged(conn, plan, sync.csv_bytes(rows), rejects)
+            batches.copy_staged(conn, plan, batches.csv_bytes(rows), rejects)
     conn.execute(merge.analyze_staging(plan.staging))
 
 
-def target_sums(conn: psycopg.Connection, plan: sync.SyncPlan) -> digests.Sums:
+def target_sums(conn: psycopg.Connection, plan: SyncPlan) -> digests.Sums:
     before = conn.execute("select current_setting('enable_sort'), current_setting('work_mem')").fetchone()
     # the planner cannot know there are only 65,536 buckets: left alone, it sorts the whole table
     conn.execute("select set_config('enable_sort', 'off', true), set_config('work_mem', '64MB', true)")
@@ -74,7 +75,7 @@ def target_sums(conn: psycopg.Connection, plan: sync.SyncPlan) -> digests.Sums:
     return digests.target_sums(rows)
 
 
-def compare(conn: psycopg.Connection, plan: sync.SyncPlan, fscan: csvscan.FileScan,
+def compare(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan,
             workers: int) -> tuple[parity.Parity, SourceCounts]:
     """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``) and its table, in ``conn``'s
     transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""

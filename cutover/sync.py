@@ -24,35 +24,30 @@ pool). The guarantees do not depend on who runs the steps:
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import NamedTuple
 
 import psycopg
 import polars as pl
 from psycopg import errors as pgerr
 
-from cutover import baseline, bootstrap, csvscan, delta, merge, state
-from cutover.coerce import REJECT_SCHEMA, coerce, coerce_noting_rewrites
-from cutover.fingerprint import basis
+from cutover import bootstrap, csvscan, delta, merge, state
+from cutover.batches import _truncated, csv_bytes, parse_batch, read_raw
+from cutover.batches import copy_staged  # noqa: F401  (the steps' API, as below)
+from cutover.coerce import coerce_noting_rewrites
+from cutover.commit import find_baseline, finish, keep_baseline, lock_for_merge, refuse_mass_delete
 from cutover.pipeline import in_order
 from cutover.db import Database
-from cutover.errors import (ConcurrentChange, CutoverError, MassDeleteRefused, PhaseError, StagingLost,
-                            StructuralError)
+from cutover.errors import ConcurrentChange, CutoverError, PhaseError, StagingLost, StructuralError
 # the plan and results are the steps' API: callers name them through this module too
 from cutover.syncplan import (BatchResult, SyncPlan, SyncResult, _as_source, drop_snapshot,  # noqa: F401
-                              drop_stale_snapshots, plan_sync, reap_dead_runs, take_snapshot,
-                              write_rejects_file)
+                              plan_sync, reap_dead_runs, take_snapshot)
 from cutover.unchanged import skip_unchanged
 
 log = logging.getLogger("cutover.sync")
-MAX_REJECT_VALUE = 500  # characters of a rejected value kept in the rejects table and file
 
 
 def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
@@ -85,106 +80,6 @@ def scan(plan: SyncPlan) -> csvscan.FileScan:
         raise _as_source(plan, exc) from None
 
 
-def _read(path: Path, batch: csvscan.Batch) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(batch.start)
-        return f.read(batch.end - batch.start)
-
-
-def _truncated(col: str) -> pl.Expr:
-    """A rejected value as stored: a 5 MB field is reported, not copied."""
-    # a NUL (the very reason such a row is rejected) cannot be stored in PostgreSQL text: spell it out
-    value = pl.col(col).str.replace_all("\x00", "\\x00", literal=True)
-    length = value.str.len_chars()
-    return (pl.when(length > MAX_REJECT_VALUE)
-            .then(pl.format("{}… ({} characters)", value.str.slice(0, MAX_REJECT_VALUE), length))
-            .otherwise(value).alias(col))
-
-
-class RawBatch(NamedTuple):
-    raw: pl.DataFrame  # the well-formed records, as strings, in spec column order
-    lines: pl.Series  # their source lines
-    ragged: pl.DataFrame  # rejects of the records with the wrong number of fields
-    read: int  # rows read (records that are not blank lines)
-    verbatim: bytes | None  # the batch's bytes, when every record is well formed and ends with a bare LF
-
-
-def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> RawBatch:
-    """One batch as strings (see ``RawBatch``)."""
-    buf = _read(plan.snapshot, batch)
-    try:
-        idx = csvscan.index_records(buf, batch.first_line, plan.snapshot)
-    except StructuralError as exc:
-        raise _as_source(plan, exc) from None
-    ncols = len(header.names)
-    counted = ~idx.blank
-    good = counted & (idx.fields == ncols)
-    ragged = pl.DataFrame([
-        {"line": int(idx.lines[i]), "column": None,
-         "value": buf[idx.starts[i]:idx.ends[i]].decode("utf-8"),
-         "reason": f"expected {ncols} fields, found {int(idx.fields[i])}", "key": None}
-        for i in (counted & ~good).nonzero()[0]
-    ], schema={"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String})
-    if good.all():
-        data = buf
-    else:  # drop blank and ragged records so that polars sees exactly the good ones
-        keep = good.nonzero()[0]
-        data = b"".join(buf[idx.starts[i]:idx.stops[i]] + (b"" if buf[idx.stops[i] - 1:idx.stops[i]] == b"\n"
-                                                            else b"\n") for i in keep)
-    lines = pl.Series("_line", idx.lines[good], dtype=pl.Int64)
-    if len(lines):
-        raw = pl.read_csv(io.BytesIO(data), has_header=False, new_columns=list(header.names),
-                          schema={n: pl.String for n in header.names}, quote_char='"')
-        if raw.height != len(lines):  # the scanner and polars must agree on record boundaries
-            raise CutoverError(f"{plan.csv_path}: internal error: {raw.height} rows parsed, {len(lines)} expected"
-                               f" in lines {batch.first_line}..")
-        raw = raw.select(plan.spec.column_names)
-    else:
-        raw = pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names})
-    plain = good.all() and not (idx.stops - idx.ends > 1).any()  # a CR LF ending: not a bare LF
-    return RawBatch(raw, lines, ragged, int(counted.sum()), buf if plain else None)
-
-
-def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
-              ragged: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(typed good rows, every reject with its value as stored)."""
-    typed, rejects = coerce(raw, plan.spec, lines)
-    if ragged.height:
-        rejects = pl.concat([rejects, ragged])
-    return typed, rejects.with_columns(_truncated("value"))
-
-
-def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Pure CPU work for one batch: (typed good rows, rejects, rows read)."""
-    raw, lines, ragged, read, _ = read_raw(plan, header, batch)
-    typed, rejects = type_rows(plan, raw, lines, ragged)
-    return typed, rejects, read
-
-
-def csv_bytes(df: pl.DataFrame) -> bytes:
-    out = io.BytesIO()
-    # non_numeric quotes every string, so '' stays '' and NULL stays an empty unquoted field.
-    df.write_csv(out, include_header=False, quote_style="non_numeric")
-    return out.getvalue()
-
-
-def copy_staged(conn: psycopg.Connection, plan: SyncPlan, rows: bytes, rejects: pl.DataFrame) -> None:
-    """COPY typed rows (``csv_bytes`` of them, ``_line`` last) into the run's staging table and its
-    rejects into ``cutover.rejects``, in the caller's transaction."""
-    with conn.cursor() as cur:
-        try:
-            with cur.copy(merge.copy_into_staging(plan.spec, plan.staging)) as cp:
-                for i in range(0, len(rows), 1 << 20):
-                    cp.write(rows[i:i + (1 << 20)])
-        except pgerr.UndefinedTable as exc:  # a newer sync merged first and ended this run
-            raise ConcurrentChange(
-                f"{plan.spec.name}: another sync merged while this one was loading, which ended this run"
-                " (its staging table is gone); nothing was applied — rerun the sync") from exc
-        if rejects.height:
-            with cur.copy(merge.COPY_REJECTS) as cp:
-                cp.write(csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
-
-
 def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> BatchResult:
     typed, rejects, read = parse_batch(plan, header, batch)
     rows = csv_bytes(typed)
@@ -201,20 +96,6 @@ def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvs
 
     db.run(step, what=f"load batch {batch.index} of {plan.spec.name}")
     return BatchResult(batch.index, read, typed.height, rejects.height, batch.end - batch.start)
-
-
-def lock_for_merge(conn: psycopg.Connection, plan: SyncPlan, base_version: int) -> state.TableState:
-    """Take the table's lock and check that nothing merged or moved it since the run began."""
-    spec = plan.spec
-    state.table_lock(conn, spec.name)
-    current = state.get_state(conn, spec.name, for_update=True)
-    if current.version != base_version:
-        raise ConcurrentChange(
-            f"{spec.name} changed while this sync was loading (another sync or a phase transition"
-            " finished first); nothing was applied — rerun the sync")
-    if current.phase is not None and current.phase not in state.SYNCABLE:
-        raise PhaseError(f"{spec.name} moved to phase {current.phase} during the sync; nothing was applied")
-    return current
 
 
 def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: Iterable[BatchResult],
@@ -252,54 +133,6 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
     result = db.run(step, what=f"merge {spec.name}")
     keep_baseline(plan, fscan, result.read)
     return result
-
-
-def refuse_mass_delete(plan: SyncPlan, to_delete: int, total: int) -> None:
-    """The guard against a truncated CSV: deleting more than the threshold's share needs a flag."""
-    if total and to_delete > plan.mass_delete_threshold * total and not plan.allow_mass_delete:
-        raise MassDeleteRefused(
-            f"sync would delete {to_delete} of {total} rows of {plan.spec.name} ({to_delete / total:.0%}, more than"
-            f" the {plan.mass_delete_threshold:.0%} allowed): is {plan.csv_path.name} truncated?"
-            " Nothing was applied. If the deletions are intended, rerun with --allow-mass-delete.")
-
-
-def keep_baseline(plan: SyncPlan, fscan: csvscan.FileScan, rows: int) -> None:
-    """After a merge commits: its snapshot of the CSV becomes the table's baseline (``cutover.delta``)."""
-    if plan.snapshot.exists():
-        baseline.keep(plan.snapshot, plan.spec.name, fscan, rows, plan.rejects_file.parent)
-    drop_snapshot(plan)  # a link to the baseline's own inode survives the rename: rename(2) leaves both
-
-
-def find_baseline(plan: SyncPlan) -> baseline.Baseline | None:
-    return baseline.find(plan.spec.name, plan.rejects_file.parent)
-
-
-def finish(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
-            started: float, *, read: int, loaded: int, rejected: int, inserted: int, updated: int,
-            deleted: int, method: str = "staged") -> SyncResult:
-    """The end of a merge, inside its transaction: versions, history, rejects file, the run's record,
-    reaping dead runs and this run's staging."""
-    spec = plan.spec
-    new_state = state.record_merge(conn, spec.name, data_changed=bool(deleted or updated or inserted))
-    if current.phase is None:  # record_merge put the table in mirror: say so in its history
-        state.append_history(conn, spec.name, None, "mirror", actor=plan.actor, reason="first full load",
-                             started_at=datetime.fromtimestamp(started, timezone.utc), run_id=plan.run_id)
-    rejects_file = write_rejects_file(conn, plan) if rejected else None
-    conn.execute(
-        """update cutover.runs set status = 'succeeded', finished_at = now(), csv_sha256 = %s, csv_bytes = %s,
-             rows_read = %s, rows_loaded = %s, rows_rejected = %s, inserted = %s, updated = %s, deleted = %s,
-             rejects_file = %s, merged_version = %s, basis = %s where run_id = %s""",
-        (fscan.sha256, fscan.size, read, loaded, rejected, inserted, updated, deleted,
-         str(rejects_file) if rejects_file else None, new_state.data_version, basis(conn, spec), plan.run_id))
-    dead_runs = state.fail_stale_runs(conn, spec.name, before=plan.run_id)
-    for dead in dead_runs:
-        conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
-    drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
-    conn.execute(merge.drop_staging(plan.staging))
-    return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=inserted,
-                      updated=updated, deleted=deleted, rejects_file=str(rejects_file) if rejects_file else None,
-                      duration_s=round(max(0.0, time.time() - started), 3), run_id=str(plan.run_id),
-                      phase=new_state.phase, method=method)
 
 
 class _NeedsStaging(Exception):

@@ -1,0 +1,127 @@
+"""One batch of a CSV: its records read as strings, typed, and written for COPY.
+
+Contract: ``read_raw`` reads the byte range of one ``csvscan.Batch`` from the run's snapshot and returns
+its well-formed records as strings (polars) with their source lines, and a reject for every record
+with the wrong number of fields; ``type_rows`` types them by the spec (``cutover.coerce``), every
+reject carrying its value as stored. Pure CPU work on bytes the caller owns: any thread may run it,
+each batch on its own. ``copy_staged`` writes typed rows and rejects into the run's staging table
+and ``cutover.rejects`` in the caller's transaction. The staged sync, the diff and parity all read
+batches through this one module, so they agree on every row and every reject.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import NamedTuple
+
+import polars as pl
+import psycopg
+from psycopg import errors as pgerr
+
+from cutover import csvscan, merge
+from cutover.coerce import REJECT_SCHEMA, coerce
+from cutover.errors import ConcurrentChange, CutoverError, StructuralError
+from cutover.syncplan import SyncPlan, _as_source
+
+MAX_REJECT_VALUE = 500  # characters of a rejected value kept in the rejects table and file
+
+
+def _read(path: Path, batch: csvscan.Batch) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(batch.start)
+        return f.read(batch.end - batch.start)
+
+
+def _truncated(col: str) -> pl.Expr:
+    """A rejected value as stored: a 5 MB field is reported, not copied."""
+    # a NUL (the very reason such a row is rejected) cannot be stored in PostgreSQL text: spell it out
+    value = pl.col(col).str.replace_all("\x00", "\\x00", literal=True)
+    length = value.str.len_chars()
+    return (pl.when(length > MAX_REJECT_VALUE)
+            .then(pl.format("{}… ({} characters)", value.str.slice(0, MAX_REJECT_VALUE), length))
+            .otherwise(value).alias(col))
+
+
+class RawBatch(NamedTuple):
+    raw: pl.DataFrame  # the well-formed records, as strings, in spec column order
+    lines: pl.Series  # their source lines
+    ragged: pl.DataFrame  # rejects of the records with the wrong number of fields
+    read: int  # rows read (records that are not blank lines)
+    verbatim: bytes | None  # the batch's bytes, when every record is well formed and ends with a bare LF
+
+
+def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> RawBatch:
+    """One batch as strings (see ``RawBatch``)."""
+    buf = _read(plan.snapshot, batch)
+    try:
+        idx = csvscan.index_records(buf, batch.first_line, plan.snapshot)
+    except StructuralError as exc:
+        raise _as_source(plan, exc) from None
+    ncols = len(header.names)
+    counted = ~idx.blank
+    good = counted & (idx.fields == ncols)
+    ragged = pl.DataFrame([
+        {"line": int(idx.lines[i]), "column": None,
+         "value": buf[idx.starts[i]:idx.ends[i]].decode("utf-8"),
+         "reason": f"expected {ncols} fields, found {int(idx.fields[i])}", "key": None}
+        for i in (counted & ~good).nonzero()[0]
+    ], schema={"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String})
+    if good.all():
+        data = buf
+    else:  # drop blank and ragged records so that polars sees exactly the good ones
+        keep = good.nonzero()[0]
+        data = b"".join(buf[idx.starts[i]:idx.stops[i]] + (b"" if buf[idx.stops[i] - 1:idx.stops[i]] == b"\n"
+                                                            else b"\n") for i in keep)
+    lines = pl.Series("_line", idx.lines[good], dtype=pl.Int64)
+    if len(lines):
+        raw = pl.read_csv(io.BytesIO(data), has_header=False, new_columns=list(header.names),
+                          schema={n: pl.String for n in header.names}, quote_char='"')
+        if raw.height != len(lines):  # the scanner and polars must agree on record boundaries
+            raise CutoverError(f"{plan.csv_path}: internal error: {raw.height} rows parsed, {len(lines)} expected"
+                               f" in lines {batch.first_line}..")
+        raw = raw.select(plan.spec.column_names)
+    else:
+        raw = pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names})
+    plain = good.all() and not (idx.stops - idx.ends > 1).any()  # a CR LF ending: not a bare LF
+    return RawBatch(raw, lines, ragged, int(counted.sum()), buf if plain else None)
+
+
+def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
+              ragged: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(typed good rows, every reject with its value as stored)."""
+    typed, rejects = coerce(raw, plan.spec, lines)
+    if ragged.height:
+        rejects = pl.concat([rejects, ragged])
+    return typed, rejects.with_columns(_truncated("value"))
+
+
+def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Pure CPU work for one batch: (typed good rows, rejects, rows read)."""
+    raw, lines, ragged, read, _ = read_raw(plan, header, batch)
+    typed, rejects = type_rows(plan, raw, lines, ragged)
+    return typed, rejects, read
+
+
+def csv_bytes(df: pl.DataFrame) -> bytes:
+    out = io.BytesIO()
+    # non_numeric quotes every string, so '' stays '' and NULL stays an empty unquoted field.
+    df.write_csv(out, include_header=False, quote_style="non_numeric")
+    return out.getvalue()
+
+
+def copy_staged(conn: psycopg.Connection, plan: SyncPlan, rows: bytes, rejects: pl.DataFrame) -> None:
+    """COPY typed rows (``csv_bytes`` of them, ``_line`` last) into the run's staging table and its
+    rejects into ``cutover.rejects``, in the caller's transaction."""
+    with conn.cursor() as cur:
+        try:
+            with cur.copy(merge.copy_into_staging(plan.spec, plan.staging)) as cp:
+                for i in range(0, len(rows), 1 << 20):
+                    cp.write(rows[i:i + (1 << 20)])
+        except pgerr.UndefinedTable as exc:  # a newer sync merged first and ended this run
+            raise ConcurrentChange(
+                f"{plan.spec.name}: another sync merged while this one was loading, which ended this run"
+                " (its staging table is gone); nothing was applied — rerun the sync") from exc
+        if rejects.height:
+            with cur.copy(merge.COPY_REJECTS) as cp:
+                cp.write(csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
