@@ -75,18 +75,29 @@ def target_sums(conn: psycopg.Connection, plan: SyncPlan) -> digests.Sums:
     return digests.target_sums(rows)
 
 
-def compare(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan,
-            workers: int) -> tuple[parity.Parity, SourceCounts]:
-    """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``) and its table, in ``conn``'s
-    transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""
+def first_pass(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan,
+               workers: int) -> tuple[np.ndarray, SourceCounts, int]:
+    """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
+    table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
         table = side.submit(target_sums, conn, plan)
         source, counts = source_sums(plan, fscan, workers)
         target = table.result()
-    suspects = digests.suspects(source, target)
+    return digests.suspects(source, target), counts, target.total
+
+
+def exact(counts: SourceCounts, target_rows: int) -> parity.Parity:
+    return parity.Parity(source_rows=counts.loaded, target_rows=target_rows, missing_in_target=0,
+                         extra_in_target=0, changed=0, rejected_in_source=0)
+
+
+def compare(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan,
+            workers: int) -> tuple[parity.Parity, SourceCounts]:
+    """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``) and its table, in ``conn``'s
+    transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""
+    suspects, counts, target_rows = first_pass(conn, plan, fscan, workers)
     if not len(suspects) and not counts.rejected:
-        return parity.Parity(source_rows=counts.loaded, target_rows=target.total, missing_in_target=0,
-                             extra_in_target=0, changed=0, rejected_in_source=0), counts
+        return exact(counts, target_rows), counts
     stage_suspects(conn, plan, fscan, suspects, workers)
     found = parity.compare(conn, plan.spec, plan.staging, plan.run_id, buckets=suspects.tolist())
-    return replace(found, source_rows=counts.loaded, target_rows=target.total), counts
+    return replace(found, source_rows=counts.loaded, target_rows=target_rows), counts

@@ -11,9 +11,11 @@ Steps, each a function so that flows can run them as tasks and the CLI in-proces
 5. ``security``: RLS, policies and role probes (``cutover.security_checks``);
 6. ``finish``: build the report, store it, write its files, drop the staging table.
 ``abort`` records a failed run and drops staging. Without a CSV (e.g. deprecated, archived) the
-source side and parity are skipped and the report cannot pass. Steps 3–5 need only what they read:
-``validate_table`` overlaps the target's suite and the probes with staging, and the source's suite
-with parity; the report is the same whatever the order.
+source side and parity are skipped and the report cannot pass. Steps 3–5 need only what they read;
+the report is the same whatever the order. The flow runs the steps as tasks (staging mapped over
+batches, on any task runner). ``validate_table`` (the CLI) first compares by digests
+(``digests_match``): a CSV whose typed rows are exactly the table's is not staged at all — its parity
+is exact and its suite's results are the target's, the same report the steps would give.
 
 The staging run stays ``running`` until the report is stored (``finish`` drops the staging table and
 marks the run succeeded in one transaction), heartbeating while the long steps run. A validation
@@ -159,9 +161,9 @@ def security(db: Database, plan: ValidationPlan) -> dict:
 
 
 def finish(db: Database, plan: ValidationPlan, before: state.TableState, fscan: csvscan.FileScan | None,
-           source: list[dict] | None, target: list[dict], parity_result: dict | None, security_result: dict
-           ) -> report.Report:
-    notes = []
+           source: list[dict] | None, target: list[dict], parity_result: dict | None, security_result: dict,
+           notes: list[str] | None = None) -> report.Report:
+    notes = list(notes or [])
     if plan.staging is None:
         notes.append("no CSV: the source suite and parity were not run")
     rep = report.Report(
@@ -197,14 +199,37 @@ def abort(db: Database, plan: ValidationPlan, error: BaseException) -> None:
         sync.abort(db, plan.staging, error)
 
 
+SOURCE_IS_TARGET = ("the CSV's typed rows are exactly the table's (parity by digests), so the source suite's"
+                    " results are the target's: the file was not staged")
+
+
+def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
+                  workers: int) -> digest_parity.SourceCounts | None:
+    """The CSV's counts when its typed rows are exactly the table's (``digest_parity.first_pass``: no
+    suspect bucket, no reject), recorded on the run; None when they are not."""
+    stg = plan.staging
+    with _alive(db, plan):
+        suspects, counts, _ = db.run(lambda conn: digest_parity.first_pass(conn, stg, fscan, workers),
+                                     what=f"digests of {plan.spec.name}", snapshot=True)
+    if len(suspects) or counts.rejected:
+        return None
+    db.run(lambda conn: state.record_counts(conn, stg.run_id, rows_read=counts.read, rows_loaded=counts.loaded,
+                                            rows_rejected=0, csv_sha256=fscan.sha256, csv_bytes=fscan.size),
+           what=f"record the validation of {plan.spec.name}")
+    return counts
+
+
 def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> report.Report:
     """The whole validation in this process (what ``cutover validate`` runs).
 
-    GX's import starts first, in the background. Once the file has scanned cleanly, what does not
-    need the staged CSV — the target's suite, the security probes — runs in threads while it loads;
-    once it is staged, the source's suite and parity run side by side. GX runs one suite at a time
-    (``gx_runner``), on its own connection outside the pool; the probes run beside staging, or
-    beside parity, only when the pool has a connection to spare for them."""
+    GX's import starts first, in the background. Once the file has scanned cleanly, the target's suite
+    and the security probes run in threads while the CSV and the table are compared by digests
+    (``cutover.digest_parity``). When they match, the CSV's typed rows are the table's rows: parity is
+    exact and the source suite, run on the same rows, would give the target's results — they are
+    reported as such, and the file is never staged. Otherwise the file is staged in full (batches in
+    parallel), then the source's suite and the staged comparison run side by side. GX runs one suite
+    at a time (``gx_runner``), on its own connection outside the pool; the probes run beside the
+    comparison only when the pool has a connection to spare for them."""
     gx_runner.warm_up()
     before = snapshot(db, plan)
     side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="cutover-validate")
@@ -213,15 +238,23 @@ def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> r
         target = side.submit(expectations, db, plan, "target")
         probes = side.submit(security, db, plan) if plan.staging is None or db.pool.max_size > workers else None
         source = parity_result = None
+        notes = []
         if plan.staging is not None:
-            load_staging(db, plan, fscan, sync.thread_map(workers))
-            compared = side.submit(compare, db, plan)
-            if probes is None and db.pool.max_size > 1:
-                probes = side.submit(security, db, plan)
-            source = expectations(db, plan, "source")
-            parity_result = compared.result()
+            if (counts := digests_match(db, plan, fscan, workers)) is not None:
+                sync.drop_snapshot(plan.staging)
+                # no suspect bucket: every bucket holds as many rows on both sides
+                parity_result = digest_parity.exact(counts, target_rows=counts.loaded).as_dict()
+                source = [dict(c) for c in target.result()]
+                notes.append(SOURCE_IS_TARGET)
+            else:
+                load_staging(db, plan, fscan, sync.thread_map(workers))
+                compared = side.submit(compare, db, plan)
+                if probes is None and db.pool.max_size > 1:
+                    probes = side.submit(security, db, plan)
+                source = expectations(db, plan, "source")
+                parity_result = compared.result()
         security_result = probes.result() if probes is not None else security(db, plan)
-        return finish(db, plan, before, fscan, source, target.result(), parity_result, security_result)
+        return finish(db, plan, before, fscan, source, target.result(), parity_result, security_result, notes)
     except BaseException as exc:
         side.shutdown(wait=True, cancel_futures=True)  # nothing may still read staging when abort drops it
         abort(db, plan, exc)

@@ -77,6 +77,41 @@ def test_a_clean_mirror_passes_and_leaves_a_report_everywhere(mirrored, db, sett
     assert sql("select count(*) from pg_views where schemaname = 'cutover'") == [(0,)]
 
 
+def _by_the_steps(db, settings, specs, table):
+    """What the flow's steps find: the whole file staged, both suites, the staged comparison."""
+    plan = validation.plan_validation(specs[table], specs, settings.csv_path(table),
+                                      rejects_dir=settings.rejects_dir, batch_bytes=settings.batch_bytes,
+                                      suites_dir=settings.expectations_dir, reports_dir=settings.reports_dir)
+    validation.stage_source(db, plan, engine.thread_map(1))
+    try:
+        return (validation.expectations(db, plan, "source"), validation.expectations(db, plan, "target"),
+                validation.compare(db, plan))
+    finally:
+        db.run(lambda conn: validation._end_staging(conn, plan))
+
+
+@pytest.mark.parametrize("rule_broken", [False, True])
+def test_a_file_equal_to_its_table_is_not_staged_and_reports_what_the_steps_find(db, settings, specs, sql,
+                                                                                  rule_broken):
+    rows = [lead(i, budget="-5.00" if rule_broken and i == 3 else "450000.00") for i in range(20)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs, "leads")
+    rep = _validate(db, settings, specs, "leads")
+    assert validation.SOURCE_IS_TARGET in rep.notes
+    source, target, parity = _by_the_steps(db, settings, specs, "leads")
+    assert (rep.expectations["source"], rep.expectations["target"], rep.parity) == (source, target, parity)
+    assert rep.passed is not rule_broken
+    assert (_failed(rep) == {"expectation:source:budget >= 0", "expectation:target:budget >= 0"}) is rule_broken
+    runs = sql("select status, rows_read, rows_loaded, rows_rejected, csv_sha256 is not null from cutover.runs"
+               " where kind = 'validate' order by started_at")
+    assert runs[0] == ("succeeded", 20, 20, 0, True)
+    assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%%'") == [(0,)]
+    # one changed cell: no longer equal, so the file is staged and the steps' own results come back
+    write_csv(settings.csv_path("leads"), rows[:-1] + [{**rows[-1], "city": "Elsewhere"}])
+    rep = _validate(db, settings, specs, "leads")
+    assert validation.SOURCE_IS_TARGET not in rep.notes and rep.parity["changed"] == 1
+
+
 def _lead_without_approvals(sql):
     return sql("select id::text from public.leads l where not exists"
                " (select 1 from public.approvals a where a.lead_id = l.id) order by id limit 1")[0][0]
