@@ -3,8 +3,8 @@
 Contract: ``read_raw`` reads the byte range of one ``csvscan.Batch`` from the run's snapshot and returns
 its well-formed records as strings (polars) with their source lines, and a reject for every record
 with the wrong number of fields; ``type_rows`` types them by the spec (``cutover.coerce``), every
-reject carrying its value as stored. Pure CPU work on bytes the caller owns: any thread may run it,
-each batch on its own. ``copy_staged`` writes typed rows and rejects into the run's staging table
+reject carrying its value as stored. Neither touches the database: any thread may run them, each
+batch on its own. ``copy_staged`` writes typed rows and rejects into the run's staging table
 and ``cutover.rejects`` in the caller's transaction. The staged sync, the diff and parity all read
 batches through this one module, so they agree on every row and every reject.
 """
@@ -33,7 +33,7 @@ def _read(path: Path, batch: csvscan.Batch) -> bytes:
         return f.read(batch.end - batch.start)
 
 
-def _truncated(col: str) -> pl.Expr:
+def stored_value(col: str) -> pl.Expr:
     """A rejected value as stored: a 5 MB field is reported, not copied."""
     # a NUL (the very reason such a row is rejected) cannot be stored in PostgreSQL text: spell it out
     value = pl.col(col).str.replace_all("\x00", "\\x00", literal=True)
@@ -93,7 +93,7 @@ def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
     typed, rejects = coerce(raw, plan.spec, lines)
     if ragged.height:
         rejects = pl.concat([rejects, ragged])
-    return typed, rejects.with_columns(_truncated("value"))
+    return typed, rejects.with_columns(stored_value("value"))
 
 
 def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:

@@ -35,7 +35,7 @@ import polars as pl
 from psycopg import errors as pgerr
 
 from cutover import bootstrap, csvscan, delta, merge, state
-from cutover.batches import _truncated, csv_bytes, parse_batch, read_raw
+from cutover.batches import csv_bytes, parse_batch, read_raw, stored_value
 from cutover.batches import copy_staged  # noqa: F401  (the steps' API, as below)
 from cutover.coerce import coerce_noting_rewrites
 from cutover.commit import find_baseline, finish, keep_baseline, lock_for_merge, refuse_mass_delete
@@ -151,7 +151,7 @@ def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvsc
         if (verbatim is not None and not rejects.height and not rewritten and in_spec_order
                 and _no_end_marker(verbatim)):  # COPY reads the batch's own bytes as we did: no re-encoding
             return batch, verbatim, typed.height, rejects, read
-        return batch, csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(_truncated("value")), read
+        return batch, csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(stored_value("value")), read
 
     return in_order(parse, batches, workers)
 
