@@ -683,8 +683,13 @@ def test_a_killed_validation_leaves_no_staging_behind(env, db_url, tmp_path):
     from cutover.state import STALE_AFTER
 
     run_env = _cli_env(env)
-    generate("leads", 2000, Path(env["CUTOVER_DATA_DIR"]) / "leads.csv", seed=404)
+    csv_path = Path(env["CUTOVER_DATA_DIR"]) / "leads.csv"
+    generate("leads", 2000, csv_path, seed=404)
     assert _run(["sync", "--table", "leads"], run_env)[0] == 0
+    # one row more than the table: the digests differ, so the validation stages the file in full
+    last = csv_path.read_text().rstrip("\n").rsplit("\n", 1)[1]
+    with open(csv_path, "a") as f:
+        f.write(str(uuid.uuid4()) + last[last.index(","):] + "\n")
     staging = "select tablename from pg_tables where schemaname = 'cutover' and tablename like 'stg%%'"
     mon = _connect(db_url)
     try:
