@@ -101,7 +101,8 @@ def _field(c: Column) -> pl.Expr:
         if c.precision <= MAX_DECIMAL_PRECISION:  # prints as PostgreSQL does: ``scale`` decimals, no -0
             return col.cast(pl.Decimal(c.precision, c.scale)).cast(pl.String)
         return _numeric_text(col, c)
-    return col  # text as is; uuid: the loader lower-cased it
+    # uuid: the loader passes a value of the common shape as written (PostgreSQL reads any case)
+    return col.str.to_lowercase() if c.type == "uuid" else col
 
 
 def _mask(columns: list[Column]) -> pl.Expr:

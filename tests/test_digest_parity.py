@@ -224,3 +224,45 @@ def test_numbers_are_written_as_postgresql_prints_them(sql, precision, scale):
     ours = typed.select(digests._field(col)).to_series().to_list()
     theirs = [sql(f"select %s::numeric({precision},{scale})::text", (v,))[0][0] for v in typed["n"].to_list()]
     assert ours == theirs
+
+
+def test_a_text_key_is_bucketed_by_its_md5_and_every_type_agrees(sql, db_url):
+    """A table keyed by text (the MD5 bucket, not the uuid one), with every column type and NULLs:
+    polars' sums of the typed rows equal PostgreSQL's of the same rows, and one changed value makes
+    exactly its bucket differ."""
+    import polars as pl
+    import psycopg
+
+    from cutover import ddl
+    from cutover.coerce import coerce
+    from cutover.spec import Column, Rls, TableSpec
+
+    spec = TableSpec(name="things", primary_key="code", rls=Rls(owner_column=None), columns=(
+        Column(name="code", type="text", nullable=False), Column(name="ref", type="uuid"),
+        Column(name="at", type="timestamptz"), Column(name="amount", type="numeric", precision=50, scale=3),
+        Column(name="note", type="text")))
+    raw = pl.DataFrame({
+        "code": [f"K-{i:04d}" for i in range(300)],
+        "ref": [None if i % 7 == 0 else f"{i:08X}-0000-4000-8000-{i:012x}" for i in range(300)],
+        "at": [None if i % 5 == 0 else f"2025-0{1 + i % 9}-1{i % 10}T0{i % 10}:30:00.{i:06d}+0{i % 6}:00"
+               for i in range(300)],
+        "amount": [None if i % 11 == 0 else f"{'-' if i % 2 else ''}{i}.{i % 10}" for i in range(300)],
+        "note": [None if i % 3 == 0 else ("" if i % 3 == 1 else f"line\n{i}, \"q\"") for i in range(300)]})
+    typed, rejects = coerce(raw, spec, pl.Series(range(300)))
+    assert rejects.height == 0
+    sql(ddl.create_table(spec).as_string())
+    with psycopg.connect(db_url) as conn, conn.cursor() as cur:
+        with cur.copy("copy public.things (code, ref, at, amount, note) from stdin (format csv)") as cp:
+            cp.write(typed.drop("_line").write_csv(include_header=False, quote_style="non_numeric"))
+    source = digests.Sums.empty()
+    digests.source_sums(typed, spec, source)
+
+    def table_sums():
+        with psycopg.connect(db_url) as conn:
+            return digests.target_sums(conn.execute(digests.target_sql(spec)).fetchall())
+
+    assert source.total == table_sums().total == 300
+    assert len(digests.suspects(source, table_sums())) == 0
+    sql("update public.things set amount = amount + 0.001 where code = 'K-0042'")
+    [bucket] = digests.suspects(source, table_sums())
+    assert digests.in_buckets(typed, spec, np.array([bucket]))["code"].to_list().count("K-0042") == 1
