@@ -39,10 +39,9 @@ from cutover.baseline import Baseline
 from cutover.coerce import column_rule
 from cutover.db import Database
 from cutover.errors import CutoverError
-from cutover.fingerprint import basis
 from cutover.pipeline import in_order
 from cutover.syncplan import BatchResult, SyncPlan, SyncResult
-from cutover.unchanged import LAST_MERGE
+from cutover.unchanged import still_merged
 
 
 log = logging.getLogger("cutover.delta")
@@ -187,10 +186,9 @@ class _NeedsFullLoad(Exception):
 
 def _eligible(conn: psycopg.Connection, plan: SyncPlan, base: Baseline) -> state.TableState | None:
     current = state.get_state(conn, plan.spec.name)
-    last = conn.execute(LAST_MERGE, (plan.spec.name,)).fetchone()
-    if (current.phase not in state.SYNCABLE or last is None or last[1] != base.sha256 or last[7] != 0
-            or last[4] != current.data_version or last[3] != basis(conn, plan.spec)):
-        return None
+    last = still_merged(conn, plan.spec, current)
+    if current.phase not in state.SYNCABLE or last is None or last[1] != base.sha256 or last[7] != 0:
+        return None  # [7]: the merge's rejects
     return current
 
 

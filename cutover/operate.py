@@ -48,21 +48,18 @@ def sync_needed(db: Database, spec: TableSpec, csv_path: Path) -> bool:
     the same basis (spec, parents' data — a parent's change can make an orphan loadable), and the
     table's data has not changed since (a phase transition does not count: it changes no row). The
     same rule as ``cutover.unchanged``, without recording a run."""
-    from cutover.fingerprint import basis
-    from cutover.unchanged import LAST_MERGE
+    from cutover.unchanged import still_merged
 
-    def read(conn):
+    def merged_sha(conn) -> str | None:
         from cutover import bootstrap
 
         if not bootstrap.is_bootstrapped(conn):
             return None
-        row = conn.execute(LAST_MERGE, (spec.name,)).fetchone()
-        if row is None:
-            return None
-        return row[1], row[4] == state.get_state(conn, spec.name).data_version and row[3] == basis(conn, spec)
+        row = still_merged(conn, spec, state.get_state(conn, spec.name))
+        return row[1] if row else None
 
-    found = db.run(read, what=f"last sync of {spec.name}")
-    return not (found and found[1] and Path(csv_path).exists() and found[0] == gate.file_sha256(csv_path))
+    sha = db.run(merged_sha, what=f"last sync of {spec.name}")
+    return not (sha and Path(csv_path).exists() and sha == gate.file_sha256(csv_path))
 
 
 def run_sync(settings: Settings, db: Database, specs: dict[str, TableSpec], table: str, *, actor: str):

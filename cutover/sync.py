@@ -35,8 +35,7 @@ import polars as pl
 from psycopg import errors as pgerr
 
 from cutover import bootstrap, csvscan, delta, merge, state
-from cutover.batches import csv_bytes, parse_batch, read_raw, stored_value
-from cutover.batches import copy_staged  # noqa: F401  (the steps' API, as below)
+from cutover.batches import copy_staged, csv_bytes, parse_batch, read_raw, stored_value
 from cutover.coerce import coerce_noting_rewrites
 from cutover.commit import find_baseline, finish, keep_baseline, lock_for_merge, refuse_mass_delete
 from cutover.pipeline import in_order

@@ -16,6 +16,7 @@ import psycopg
 from cutover import bootstrap, state
 from cutover.db import Database
 from cutover.fingerprint import basis, file_sha256
+from cutover.spec import TableSpec
 from cutover.syncplan import (SyncPlan, SyncResult, drop_snapshot, reap_dead_runs, take_snapshot,
                               write_rejects_file)
 
@@ -24,6 +25,16 @@ LAST_MERGE = """select r.run_id, r.csv_sha256, r.csv_bytes, r.basis, r.merged_ve
                  from cutover.runs r
                 where r.table_name = %s and r.kind = 'sync' and r.status = 'succeeded'
                 order by r.finished_at desc limit 1"""
+
+
+def still_merged(conn: psycopg.Connection, spec: TableSpec, current: state.TableState) -> tuple | None:
+    """The last successful sync's ``LAST_MERGE`` row while the table still holds exactly what it merged
+    — no write since (``current.data_version``) and the same basis — else None. The one rule for
+    skipping a sync, for diffing against its file and for a transition's pre-sync."""
+    row = conn.execute(LAST_MERGE, (spec.name,)).fetchone()
+    if row is None or row[4] != current.data_version or row[3] != basis(conn, spec):
+        return None
+    return row
 
 
 def skip_unchanged(db: Database, plan: SyncPlan, started: float | None = None) -> SyncResult | None:
@@ -59,9 +70,8 @@ def skip_unchanged(db: Database, plan: SyncPlan, started: float | None = None) -
         state.table_lock(conn, spec.name)
         reap_dead_runs(conn, plan)  # as any run start does: a skipped sync must not let a dead run linger
         current = state.get_state(conn, spec.name, for_update=True)
-        row = conn.execute(LAST_MERGE, (spec.name,)).fetchone()
-        if (current.phase not in state.SYNCABLE or row is None or row[1] != sha
-                or row[4] != current.data_version or row[3] != basis(conn, spec)):
+        row = still_merged(conn, spec, current)
+        if current.phase not in state.SYNCABLE or row is None or row[1] != sha:
             return None
         prior_run, read, loaded, rejected = row[0], row[5], row[6], row[7]
         state.start_run(conn, plan.run_id, spec.name, "sync", current.version, str(plan.csv_path))
