@@ -46,7 +46,7 @@ def _typed_batches(plan: SyncPlan, fscan: csvscan.FileScan, workers: int):
     return in_order(parse, fscan.batches, workers)
 
 
-def source_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
+def csv_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
     """Pass 1 over the CSV: its bucket sums and counts; nothing is written."""
     sums, read, loaded, rejected = digests.Sums.empty(), 0, 0, 0
     for typed, rejects, n, separator_free in _typed_batches(plan, fscan, workers):
@@ -81,7 +81,7 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan
     table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
         table = side.submit(target_sums, conn, plan)
-        source, counts = source_sums(plan, fscan, workers)
+        source, counts = csv_sums(plan, fscan, workers)
         target = table.result()
     return digests.suspects(source, target), counts, target.total
 

@@ -213,10 +213,14 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
                                      what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
         return None
-    db.run(lambda conn: state.record_counts(conn, stg.run_id, rows_read=counts.read, rows_loaded=counts.loaded,
-                                            rows_rejected=0, csv_sha256=fscan.sha256, csv_bytes=fscan.size),
-           what=f"record the validation of {plan.spec.name}")
+    db.run(lambda conn: _record_source(conn, plan, fscan, counts), what=f"record the validation of {plan.spec.name}")
     return counts
+
+
+def _record_source(conn, plan: ValidationPlan, fscan: csvscan.FileScan, counts: digest_parity.SourceCounts) -> None:
+    """The run's counts, from a digest comparison's read of the file."""
+    state.record_counts(conn, plan.staging.run_id, rows_read=counts.read, rows_loaded=counts.loaded,
+                        rows_rejected=counts.rejected, csv_sha256=fscan.sha256, csv_bytes=fscan.size)
 
 
 def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> report.Report:
@@ -276,9 +280,8 @@ def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict
                                     what=f"parity of {plan.spec.name}", snapshot=True)
 
         def end(conn) -> None:
-            conn.execute(merge.drop_staging(stg.staging))
-            state.finish_run(conn, stg.run_id, rows_read=counts.read, rows_loaded=counts.loaded,
-                             rows_rejected=counts.rejected, csv_sha256=fscan.sha256, csv_bytes=fscan.size)
+            _record_source(conn, plan, fscan, counts)
+            _end_staging(conn, plan)
 
         db.run(end, what=f"finish parity of {plan.spec.name}")
     except BaseException as exc:

@@ -53,7 +53,7 @@ def _suspects(db, settings, specs, table="leads"):
     plan = _plan(settings, specs, table).staging
     fscan = engine.scan(plan)
     try:
-        source, _ = digest_parity.source_sums(plan, fscan, workers=1)
+        source, _ = digest_parity.csv_sums(plan, fscan, workers=1)
         target = db.run(lambda conn: digest_parity.target_sums(conn, plan))
         return digests.suspects(source, target)
     finally:
