@@ -58,7 +58,9 @@ def _churn(base: Path, out: Path, rows: int) -> None:
     extra = out.with_suffix(".new.csv")
     generate("leads", max(1, rows // 200), extra, seed=99)
     new = pl.read_csv(extra, infer_schema=False)
-    pl.concat([frame, new]).write_csv(out, quote_style="non_numeric")
+    # with the writer that wrote the file (the generator's), as an application rewrites its own file:
+    # an unchanged record keeps its bytes (a file re-written in another format is diffed by fields)
+    pl.concat([frame, new]).write_csv(out, quote_style="necessary", line_terminator="\n")
     extra.unlink()
 
 

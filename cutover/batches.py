@@ -11,10 +11,12 @@ batches through this one module, so they agree on every row and every reject.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import polars as pl
 import psycopg
 from psycopg import errors as pgerr
@@ -51,13 +53,44 @@ class RawBatch(NamedTuple):
     verbatim: bytes | None  # the batch's bytes, when every record is well formed and ends with a bare LF
 
 
+_REJECT_ROW = {"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String}
+
+
 def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> RawBatch:
     """One batch as strings (see ``RawBatch``)."""
-    buf = _read(plan.snapshot, batch)
+    buf = read_bytes(plan, batch)
+    return as_strings(plan, header, buf, index_batch(plan, buf, batch.first_line))
+
+
+def read_bytes(plan: SyncPlan, batch: csvscan.Batch) -> bytes:
+    return _read(plan.snapshot, batch)
+
+
+def index_batch(plan: SyncPlan, buf: bytes, first_line: int, *, count_fields: bool = True) -> csvscan.RecordIndex:
     try:
-        idx = csvscan.index_records(buf, batch.first_line, plan.snapshot)
+        return csvscan.index_records(buf, first_line, plan.snapshot, count_fields=count_fields)
     except StructuralError as exc:
         raise _as_source(plan, exc) from None
+
+
+def cut(buf: bytes, idx: csvscan.RecordIndex, which: np.ndarray) -> bytes:
+    """The records ``which`` (indices into ``idx``) of a batch, verbatim, each ending with a line feed."""
+    return b"".join(buf[s:t] if buf[t - 1:t] == b"\n" else buf[s:t] + b"\n"
+                    for s, t in zip(idx.starts[which].tolist(), idx.stops[which].tolist()))
+
+
+def read_cut(plan: SyncPlan, header: csvscan.Header, text: bytes, lines: np.ndarray) -> RawBatch:
+    """Records ``cut`` from batches (none blank), with their source lines, as strings: ``read_raw`` of a
+    batch that held just them."""
+    if not text:
+        return RawBatch(pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names}),
+                        pl.Series("_line", [], dtype=pl.Int64), pl.DataFrame(schema=_REJECT_ROW), 0, None)
+    idx = index_batch(plan, text, 1)  # whole records of their batches: the same bounds here
+    return as_strings(plan, header, text, dataclasses.replace(idx, lines=lines))
+
+
+def as_strings(plan: SyncPlan, header: csvscan.Header, buf: bytes, idx: csvscan.RecordIndex) -> RawBatch:
+    """The records of ``buf`` (indexed, fields counted) as a ``RawBatch``."""
     ncols = len(header.names)
     counted = ~idx.blank
     good = counted & (idx.fields == ncols)
@@ -66,7 +99,7 @@ def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> Ra
          "value": buf[idx.starts[i]:idx.ends[i]].decode("utf-8"),
          "reason": f"expected {ncols} fields, found {int(idx.fields[i])}", "key": None}
         for i in (counted & ~good).nonzero()[0]
-    ], schema={"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String})
+    ], schema=_REJECT_ROW)
     if good.all():
         data = buf
     else:  # drop blank and ragged records so that polars sees exactly the good ones
@@ -79,7 +112,7 @@ def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> Ra
                           schema={n: pl.String for n in header.names}, quote_char='"')
         if raw.height != len(lines):  # the scanner and polars must agree on record boundaries
             raise CutoverError(f"{plan.csv_path}: internal error: {raw.height} rows parsed, {len(lines)} expected"
-                               f" in lines {batch.first_line}..")
+                               f" in lines {int(lines[0])}..")
         raw = raw.select(plan.spec.column_names)
     else:
         raw = pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names})

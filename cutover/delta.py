@@ -7,8 +7,12 @@ to a baseline record is already in the table, typed. Only the other records are 
 the baseline's records the new file no longer has give the keys to delete. The outcome is the full
 load's: the same rows, the same rejects with the same lines and reasons, the same counts.
 
-Records are compared by two polars row hashes (100 bits kept) with seeds drawn for this run and never
-stored (polars' hashes change between versions): see ``BaselineIndex``. Memory: 16 bytes a baseline
+Records are compared by two polars hashes (100 bits kept) with seeds drawn for this run and never
+stored (polars' hashes change between versions): see ``BaselineIndex``. They hash each record's bytes
+as written (``by="bytes"``): no parsing at all, only the changed records are parsed. A file written
+over in another format (other quoting, line ends or header) has few records equal byte for byte
+although their fields are, so the diff then compares parsed fields instead (``by="fields"``: both
+files parsed): chosen up front when the header's bytes differ, or after the first batches. Memory: 16 bytes a baseline
 record plus the batches in flight; the baseline's keys are read again only for the records that are gone.
 A baseline whose index would pass ``SyncPlan.diff_index_bytes`` is not indexed: memory stays bounded.
 
@@ -29,10 +33,13 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
 import psycopg
+import pyarrow as pa
 
 from cutover import batches, commit, csvscan, merge, state
 from cutover.baseline import Baseline
@@ -54,6 +61,7 @@ ORDINAL_BITS = 28  # a baseline of up to 268M records
 _ORDINAL = np.uint64((1 << ORDINAL_BITS) - 1)
 _PREFIX = ~_ORDINAL
 MAX_SHARED = 4  # records whose hashes share a prefix (at 10M records, 5 do once in ~10^10 runs: then no diff)
+Matching = Literal["bytes", "fields"]  # what makes a record of the new file equal to a baseline record
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,20 @@ class BaselineIndex:
             return same, ordinal[:0]
         prefix = h1 & _PREFIX
         order = np.argsort(prefix)
-        first = np.empty(len(h1), dtype=np.int64)
-        first[order] = np.searchsorted(self.words, prefix[order])
-        for k in range(MAX_SHARED):  # records sharing a prefix sit side by side
-            at = np.minimum(first + k, n - 1)
+        at = np.empty(len(h1), dtype=np.int64)
+        at[order] = np.searchsorted(self.words, prefix[order])
+        todo = np.arange(len(h1))
+        for _ in range(MAX_SHARED):  # records sharing a prefix sit side by side: look at the next one
+            todo, at = todo[at < n], at[at < n]
             word = self.words[at]
-            hit = ~same & (first + k < n) & ((word & _PREFIX) == prefix) & (self.h2[word & _ORDINAL] == h2)
-            ordinal[hit] = (word[hit] & _ORDINAL).astype(np.int64)
-            same |= hit
+            shared = (word & _PREFIX) == prefix[todo]
+            todo, at, word = todo[shared], at[shared], word[shared]
+            hit = self.h2[word & _ORDINAL] == h2[todo]
+            same[todo[hit]] = True
+            ordinal[todo[hit]] = (word[hit] & _ORDINAL).astype(np.int64)
+            todo, at = todo[~hit], at[~hit] + 1
+            if not len(todo):
+                break
         return same, ordinal[same]
 
 
@@ -99,18 +113,37 @@ def record_hashes(raw: pl.DataFrame, seeds: tuple[int, int]) -> tuple[np.ndarray
     return raw.hash_rows(seeds[0]).to_numpy(), raw.hash_rows(seeds[1]).to_numpy()
 
 
-def _baseline_batch(base: Baseline, i: int, columns: list[int] | None = None) -> pl.DataFrame:
+def byte_hashes(buf: bytes, idx: csvscan.RecordIndex, rows: np.ndarray,
+                seeds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the records ``rows`` of ``buf`` as written, line end included."""
+    # every record as one binary value, sharing buf's memory: a record runs to the next one's start
+    offsets = np.append(idx.starts, len(buf)).astype(np.int64)
+    records = pl.Series(pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(idx), [None, pa.py_buffer(offsets), pa.py_buffer(buf)]))
+    return records.hash(seeds[0]).to_numpy()[rows], records.hash(seeds[1]).to_numpy()[rows]
+
+
+def _record_rows(idx: csvscan.RecordIndex) -> np.ndarray:
+    return np.flatnonzero(~idx.blank)  # blank lines are not rows
+
+
+def _baseline_bytes(base: Baseline, i: int) -> bytes:
     start, end = base.batches[i]
     with open(base.path, "rb") as f:
         f.seek(start)
-        buf = f.read(end - start)
+        return f.read(end - start)
+
+
+def _baseline_batch(base: Baseline, i: int, columns: list[int] | None = None) -> pl.DataFrame:
+    buf = _baseline_bytes(base, i)
     if columns is not None:
         return pl.read_csv(io.BytesIO(buf), has_header=False, columns=columns, infer_schema=False, quote_char='"')
     return pl.read_csv(io.BytesIO(buf), has_header=False, new_columns=list(base.names),
                        schema={n: pl.String for n in base.names}, quote_char='"')
 
 
-def index_baseline(base: Baseline, plan: SyncPlan, workers: int) -> tuple[BaselineIndex, list[int]] | None:
+def index_baseline(base: Baseline, plan: SyncPlan, workers: int,
+                   by: Matching) -> tuple[BaselineIndex, list[int]] | None:
     """The baseline's index and its records per batch; None if it does not hold ``base.rows`` distinct
     records (or holds too many for the index)."""
     seeds = (secrets.randbits(63), secrets.randbits(63))
@@ -122,7 +155,11 @@ def index_baseline(base: Baseline, plan: SyncPlan, workers: int) -> tuple[Baseli
     per_batch: list[int] = []
 
     def hashes(i: int) -> tuple[np.ndarray, np.ndarray]:
-        return record_hashes(_baseline_batch(base, i).select(names), seeds)
+        if by == "fields":
+            return record_hashes(_baseline_batch(base, i).select(names), seeds)
+        buf = _baseline_bytes(base, i)
+        idx = csvscan.index_records(buf, 1, base.path, count_fields=False)
+        return byte_hashes(buf, idx, _record_rows(idx), seeds)
 
     filled = 0
     for first, second in in_order(hashes, list(range(len(base.batches))), workers):
@@ -197,7 +234,28 @@ class Indexing:
     """A baseline being indexed in the background (while the new file is scanned)."""
 
     base: Baseline
+    by: Matching
     index: Future  # of index_baseline's result
+
+
+def _index_in_background(base: Baseline, plan: SyncPlan, workers: int, by: Matching) -> Indexing:
+    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-baseline")
+    try:
+        return Indexing(base, by, runner.submit(index_baseline, base, plan, workers, by))
+    finally:
+        runner.shutdown(wait=False)  # the thread ends with its one task
+
+
+def _same_header(path: Path, base: Baseline) -> bool:
+    """Whether the file at ``path`` begins with the baseline's header, byte for byte."""
+    if not base.batches:
+        return False
+    length = base.batches[0][0]
+    try:
+        with open(path, "rb") as f, open(base.path, "rb") as g:
+            return f.read(length) == g.read(length)
+    except OSError:
+        return False
 
 
 def start_indexing(db: Database, plan: SyncPlan, base: Baseline | None, workers: int) -> Indexing | None:
@@ -210,73 +268,105 @@ def start_indexing(db: Database, plan: SyncPlan, base: Baseline | None, workers:
     if base is None or db.run(lambda conn: _eligible(conn, plan, base),
                               what=f"check {plan.spec.name}'s baseline") is None:
         return None
-    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-baseline")
-    try:
-        return Indexing(base, runner.submit(index_baseline, base, plan, workers))
-    finally:
-        runner.shutdown(wait=False)  # the thread ends with its one task
+    return _index_in_background(base, plan, workers, "bytes" if _same_header(plan.csv_path, base) else "fields")
+
+
+class _Reformatted(Exception):
+    """Most records differ byte for byte: the file was written over in another format."""
 
 
 def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing | None, base_version: int,
-                 started: float, *, workers: int,
-                 on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult | None:
+                 started: float, *, workers: int, on_batch: Callable[[BatchResult], None] | None = None,
+                 on_restart: Callable[[], None] | None = None) -> SyncResult | None:
     """Diff ``fscan`` against the baseline and merge the difference in one transaction; None, having
-    applied nothing, when the staged path must judge the file (see the module docstring)."""
+    applied nothing, when the staged path must judge the file (see the module docstring).
+    ``on_restart`` is called when a diff by bytes gives way to one by fields (progress starts over)."""
+    if indexing is None:
+        return None
+    if indexing.by == "bytes" and not _same_header(plan.snapshot, indexing.base):  # replaced since the check
+        indexing = _index_in_background(indexing.base, plan, workers, "fields")
+    try:
+        return _load_changes(db, plan, fscan, indexing, base_version, started, workers=workers, on_batch=on_batch)
+    except _Reformatted:
+        log.info("%s: most records were re-written in another format: diffing by fields", plan.spec.name)
+        if on_restart:
+            on_restart()
+        return _load_changes(db, plan, fscan, _index_in_background(indexing.base, plan, workers, "fields"),
+                             base_version, started, workers=workers, on_batch=on_batch)
+
+
+def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, base_version: int,
+                  started: float, *, workers: int,
+                  on_batch: Callable[[BatchResult], None] | None) -> SyncResult | None:
     spec = plan.spec
-    indexed = indexing.index.result() if indexing is not None else None
+    indexed = indexing.index.result()
     if indexed is None:
         return None
+    log.info("%s: diffing by %s against the baseline", spec.name, indexing.by)
     base, (index, per_batch) = indexing.base, indexed
     seen = np.zeros(len(index), dtype=bool)
     read = unchanged = 0
 
     def diff(batch: csvscan.Batch):
-        raw, lines, ragged, n, _ = batches.read_raw(plan, fscan.header, batch)
-        same, pos = index.positions(raw)
-        changed = pl.Series(~same)
-        # as CSV text: a filtered frame would keep its whole batch's strings alive until typed
-        return batch, n, pos, batches.csv_bytes(raw.filter(changed).with_columns(lines.filter(changed))), \
-            int(changed.sum()), ragged
+        """(batch, records, baseline ordinals found, the changed records: CSV text and what types it)."""
+        if indexing.by == "fields":
+            raw, lines, ragged, n, _ = batches.read_raw(plan, fscan.header, batch)
+            same, pos = index.positions(raw)
+            changed = raw.filter(pl.Series(~same)).with_columns(lines.filter(pl.Series(~same)))
+            # as CSV text: a filtered frame would keep its whole batch's strings alive until typed
+            return batch, n, pos, (batches.csv_bytes(changed), ragged), changed.height + ragged.height
+        buf = batches.read_bytes(plan, batch)
+        idx = batches.index_batch(plan, buf, batch.first_line, count_fields=False)
+        rows = _record_rows(idx)
+        same, pos = index.lookup(*byte_hashes(buf, idx, rows, index.seeds))
+        changed = rows[~same]  # parsed later, together: polars' fixed cost a call dwarfs a batch's few records
+        return batch, len(rows), pos, (batches.cut(buf, idx, changed), idx.lines[changed]), len(changed)
 
     with tempfile.TemporaryFile() as rows_spool, tempfile.TemporaryFile() as rejects_spool:
-        pending: list[tuple[bytes, pl.DataFrame]] = []
+        pending: list[tuple[bytes, object]] = []
         pending_rows = 0
         schema = {**{c: pl.String for c in spec.column_names}, "_line": pl.Int64}
+
+        def read_pending() -> tuple[pl.DataFrame, pl.Series, pl.DataFrame]:
+            text = b"".join(t for t, _ in pending)
+            if indexing.by == "bytes":
+                raw, lines, ragged, _, _ = batches.read_cut(plan, fscan.header, text,
+                                                            np.concatenate([lines for _, lines in pending]))
+                return raw, lines, ragged
+            raw = (pl.read_csv(io.BytesIO(text), has_header=False, new_columns=list(schema), schema=schema,
+                               quote_char='"') if text else pl.DataFrame(schema=schema))
+            return raw.drop("_line"), raw["_line"], pl.concat([ragged for _, ragged in pending])
 
         def type_pending() -> None:
             # typed together: typing costs ~20 ms a call whatever the rows, more than a batch's few changed ones
             nonlocal pending_rows
             if not pending:
                 return
-            text = b"".join(t for t, _ in pending)
-            raw = (pl.read_csv(io.BytesIO(text), has_header=False, new_columns=list(schema), schema=schema,
-                               quote_char='"') if text else pl.DataFrame(schema=schema))
-            ragged = pl.concat([r for _, r in pending])
+            raw, lines, ragged = read_pending()
             pending.clear()
             pending_rows = 0
-            typed, rejects = batches.type_rows(plan, raw.drop("_line"), raw["_line"], ragged)
+            typed, rejects = batches.type_rows(plan, raw, lines, ragged)
             rows_spool.write(batches.csv_bytes(typed))
             rejects_spool.write(batches.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
 
-        for batch, n, pos, changed, n_changed, ragged in in_order(diff, list(fscan.batches), workers):
+        for batch, n, pos, part, n_changed in in_order(diff, list(fscan.batches), workers):
             seen[pos] = True
             read, unchanged = read + n, unchanged + len(pos)
-            pending.append((changed, ragged))
+            pending.append(part)
             pending_rows += n_changed
             if batch.index >= 1 and read - unchanged > MOSTLY_CHANGED * read:
+                if indexing.by == "bytes":
+                    raise _Reformatted
                 return None  # a rewrite, not a change: the staged path loads it in parallel batches
             if pending_rows >= TYPE_ROWS:
                 type_pending()
-            if on_batch:
-                on_batch(BatchResult(batch.index, n, len(pos) + n_changed, ragged.height, batch.end - batch.start))
+            if on_batch:  # progress: the changed records are staged, or rejected, when typed (later)
+                on_batch(BatchResult(batch.index, n, 0, 0, batch.end - batch.start))
         type_pending()
         if np.count_nonzero(seen) != unchanged:
             return None  # a record twice in the file: the full load rejects its key on both lines
         gone = np.flatnonzero(~seen)
         del seen
-        keys = gone_keys(base, plan, gone, per_batch, workers)
-        if keys is None:
-            return None
 
         def step(conn: psycopg.Connection) -> SyncResult | None:
             current = commit.lock_for_merge(conn, plan, base_version)
@@ -289,7 +379,10 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
             except _NeedsFullLoad:
                 return None
 
-        result = db.run(step, what=f"merge {spec.name}'s changes")
+        # the gone records' keys are read from the baseline while the merge stages the changed ones
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-gone") as reader:
+            keys = reader.submit(gone_keys, base, plan, gone, per_batch, workers)
+            result = db.run(step, what=f"merge {spec.name}'s changes")
     if result is not None:
         commit.keep_baseline(plan, fscan, result.read)
     return result
@@ -303,22 +396,26 @@ def _copy(cur: psycopg.Cursor, statement, spool) -> None:
 
 
 def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
-           started: float, rows_spool, rejects_spool, keys: bytes, *, read: int, unchanged: int,
+           started: float, rows_spool, rejects_spool, keys: Future, *, read: int, unchanged: int,
            baseline_rows: int) -> SyncResult:
+    """``keys``: the future of ``gone_keys``, awaited only once the staged rows need them."""
     spec, stg, params = plan.spec, plan.staging, {"run": plan.run_id}
     with conn.cursor() as cur:
         _copy(cur, merge.copy_into_staging(spec, stg), rows_spool)
         _copy(cur, merge.COPY_REJECTS, rejects_spool)
-        cur.execute(merge.create_gone(spec))
-        with cur.copy(merge.copy_into_gone(spec)) as cp:
-            cp.write(keys)
-    conn.execute(merge.analyze_staging(stg))
+    conn.execute(merge.analyze_join_keys(spec, stg))
     # the diff touches few keys of a big table: cost index probes as the SSDs and caches they run on do
     # (PostgreSQL's default, 4x a sequential read, has the merge hash-join the whole table instead)
     conn.execute("set local random_page_cost = 1.1")
     conn.execute(merge.reject_duplicates(spec, stg), params)
     for stmt in merge.reject_orphans(spec, stg, plan.specs):
         conn.execute(stmt, params)
+    if (gone := keys.result()) is None:
+        raise _NeedsFullLoad
+    with conn.cursor() as cur:
+        cur.execute(merge.create_gone(spec))
+        with cur.copy(merge.copy_into_gone(spec)) as cp:
+            cp.write(gone)
     if conn.execute(merge.diff_collides(spec, stg), params).fetchone()[0]:
         raise _NeedsFullLoad
     loaded = unchanged + conn.execute(merge.count_staged(stg)).fetchone()[0]
@@ -326,8 +423,8 @@ def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, cu
     if read != loaded + rejected:
         raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
     conn.execute(merge.keep_newer_writes(spec, stg), params)
-    commit.refuse_mass_delete(plan, conn.execute(merge.count_gone(spec, stg), params).fetchone()[0], baseline_rows)
     deleted = conn.execute(merge.delete_gone(spec, stg), params).rowcount
+    commit.refuse_mass_delete(plan, deleted, baseline_rows)  # raising undoes the delete with the rest
     updated = conn.execute(merge.update_changed(spec, stg)).rowcount
     inserted = conn.execute(merge.insert_new(spec, stg)).rowcount
     return commit.finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,

@@ -109,7 +109,7 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
 
     def step(conn: psycopg.Connection) -> SyncResult:
         current = lock_for_merge(conn, plan, base_version)
-        conn.execute(merge.analyze_staging(stg))
+        conn.execute(merge.analyze_join_keys(spec, stg))
         conn.execute(merge.reject_duplicates(spec, stg), params)
         for stmt in merge.reject_orphans(spec, stg, plan.specs):
             conn.execute(stmt, params)
@@ -274,7 +274,7 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged:
             if first is not None:
                 return first
         changes = delta.load_changes(db, plan, fscan, indexing, base_version, started, workers=workers,
-                                     on_batch=on_batch)
+                                     on_batch=on_batch, on_restart=on_scan and (lambda: on_scan(fscan)))
         if changes is not None:
             return changes
         if on_scan and (base_version == 0 or indexing is not None):

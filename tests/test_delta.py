@@ -82,6 +82,59 @@ def test_changes_deletes_and_inserts_match_the_staged_path(db, settings, specs, 
     assert diffed[0][3:] == (9, 13, 8)  # inserted, updated (12 edited + the NULL one), deleted
 
 
+def _matched_by(caplog) -> list[str]:
+    return [m.split("diffing by ")[1].split()[0] for m in caplog.messages if m.endswith("against the baseline")]
+
+
+def test_a_file_from_the_same_writer_is_diffed_by_bytes(db, settings, specs, sql, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cutover.delta")
+    rows = [lead(i, notes=EDGE_TEXT[i % len(EDGE_TEXT)]) for i in range(300)]
+    old = write_csv(tmp_path / "old.csv", rows)
+    new_rows = [dict(r) for r in rows if int(r["first_name"][3:]) % 40 != 1]
+    for r in new_rows[::29]:
+        r["status"], r["notes"] = "contacted", 'edited, "quoted"\r\nand multi-line'
+    new_rows[3]["budget"] = "12.345"  # now rejected: its old row stays
+    new_rows += [lead(2000 + i) for i in range(6)]
+    new = write_csv(tmp_path / "new.csv", new_rows)
+    text = new.read_bytes().split(b"\n")
+    text.insert(40, b"")  # a blank line and a ragged record among unchanged ones
+    text.insert(90, b'"a","b"')
+    new.write_bytes(b"\n".join(text))  # and no line feed after the last record
+    caplog.clear()
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new, batch_bytes=2048)
+    assert _matched_by(caplog)[0] == "bytes"
+    assert diffed == staged
+    assert diffed[0][2] == 2 and diffed[0][5] == 8  # rejected (the budget, the ragged record), deleted
+
+
+def test_records_written_over_in_another_format_are_diffed_by_fields(db, settings, specs, sql, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cutover.delta")
+    rows = [lead(i, notes=EDGE_TEXT[i % len(EDGE_TEXT)]) for i in range(300)]
+    old = write_csv(tmp_path / "old.csv", rows)
+    new_rows = [dict(r) for r in rows]
+    new_rows[7]["city"] = "Elsewhere"
+    # the same header, other quoting: few records are equal byte for byte, all but one are field for field
+    requoted = _write_plain(tmp_path / "requoted.csv", new_rows)
+    assert requoted.read_bytes().split(b"\n")[0] == old.read_bytes().split(b"\n")[0]
+    caplog.clear()
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, requoted, batch_bytes=2048)
+    assert _matched_by(caplog)[:2] == ["bytes", "fields"]
+    assert any("another format" in m for m in caplog.messages)
+    assert diffed == staged and diffed[0][3:] == (0, 1, 0)
+
+
+def test_a_header_written_otherwise_means_a_diff_by_fields_at_once(db, settings, specs, sql, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cutover.delta")
+    rows = [lead(i) for i in range(100)]
+    old = write_csv(tmp_path / "old.csv", rows)
+    new_rows = [dict(r) for r in rows]
+    new_rows[7]["city"] = "Elsewhere"
+    crlf = write_csv(tmp_path / "crlf.csv", new_rows, newline="\r\n")  # the header's line end differs
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, crlf, batch_bytes=2048)
+    assert _matched_by(caplog)[0] == "fields"
+    assert diffed == staged and diffed[0][3:] == (0, 1, 0)
+
+
 def test_new_rejects_ragged_rows_and_blank_lines_match(db, settings, specs, sql, tmp_path):
     rows = [lead(i) for i in range(120)]
     old = write_csv(tmp_path / "old.csv", rows)
