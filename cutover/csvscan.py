@@ -301,15 +301,27 @@ def index_records(buf: bytes, first_line: int, path: Path, *, count_fields: bool
     ends = np.where((stops > starts) & (a[np.maximum(stops - 1, 0)] == LF), stops - 1, stops)
     ends = np.where((ends > starts) & (a[np.maximum(ends - 1, 0)] == CR), ends - 1, ends)
     lines = first_line + np.searchsorted(newlines, starts)
-    fields = _count_fields(a, quotes, stops, len(starts)) if count_fields else None
+    fields = _count_fields(a, quotes, starts, stops) if count_fields else None
     return RecordIndex(starts=starts, ends=ends, stops=stops, lines=lines, fields=fields, blank=ends == starts)
 
 
-def _count_fields(a: np.ndarray, quotes: np.ndarray, stops: np.ndarray, records: int) -> np.ndarray:
-    commas = np.flatnonzero(a == COMMA)
-    if len(quotes):
+def _count_fields(a: np.ndarray, quotes: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Commas outside quotes, plus one, per record (records are never empty: each has its line end)."""
+    records = len(starts)
+    is_comma = a == COMMA
+    commas = np.flatnonzero(is_comma)
+    if len(quotes) > 2 * records or not len(a):  # quotes everywhere: which commas lie outside them, one by one
         commas = commas[(np.searchsorted(quotes, commas) & 1) == 0]
-    return 1 + np.bincount(np.searchsorted(stops, commas, side="right"), minlength=records)[:records]
+        return 1 + np.bincount(np.searchsorted(stops, commas, side="right"), minlength=records)[:records]
+    # few quotes: all the commas of a record (int32: numpy's fast reduceat loop), less those between its quotes
+    fields = 1 + np.add.reduceat(is_comma.view(np.uint8), starts, dtype=np.int32).astype(np.int64)
+    if len(quotes):
+        opening = quotes[0::2]
+        inside = np.searchsorted(commas, quotes[1::2]) - np.searchsorted(commas, opening)
+        some = inside > 0
+        fields -= np.bincount(np.searchsorted(stops, opening[some], side="right"), weights=inside[some],
+                              minlength=records)[:records].astype(np.int64)
+    return fields
 
 
 def _check_quotes(a: np.ndarray, quotes: np.ndarray, buf: bytes, first_line: int, path: Path) -> None:

@@ -113,3 +113,35 @@ def test_header_problems(tmp_path, data, message):
 def test_header_with_bom_and_crlf(tmp_path):
     header = read_header(_write(tmp_path, b"\xef\xbb\xbfc,a,b\r\n1,2,3\r\n"), COLS)
     assert header.names == ("c", "a", "b") and header.data_start == 10 and header.data_line == 2
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_field_counts_agree_with_pythons_csv_reader(tmp_path, seed):
+    """Both ways of counting fields (few quotes: all commas less the quoted ones; quotes everywhere:
+    comma by comma) against the standard library's reader, on random records."""
+    import csv
+    import io
+    import random
+
+    rng = random.Random(seed)
+    everywhere = seed % 2  # quote every field, or only those that need it
+    pieces = ["", "x", "a,b", 'say "hi"', "two\nlines", "cr\r\nlf", ",", '""', "café, ✓"]
+
+    def cell(v: str) -> str:
+        if everywhere or any(c in v for c in ',"\r\n') or (v == "" and rng.random() < 0.5):
+            return '"' + v.replace('"', '""') + '"'
+        return v
+
+    lines = []
+    for _ in range(rng.randint(1, 300)):
+        if rng.random() < 0.05:
+            lines.append("")  # a blank line
+            continue
+        # where quotes are few, most fields are plain words
+        lines.append(",".join(cell(rng.choice(pieces) if everywhere or rng.random() < 0.1 else "w")
+                              for _ in range(rng.randint(1, 6))))
+    body = "\n".join(lines) + rng.choice(["", "\n"])
+    expected = [len(row) for row in csv.reader(io.StringIO(body, newline="")) if row]
+    buf = body.encode()
+    idx = index_records(buf, 2, tmp_path / "t.csv")
+    assert [int(f) for f, blank in zip(idx.fields, idx.blank) if not blank] == expected
