@@ -51,6 +51,7 @@ class RawBatch(NamedTuple):
     ragged: pl.DataFrame  # rejects of the records with the wrong number of fields
     read: int  # rows read (records that are not blank lines)
     verbatim: bytes | None  # the batch's bytes, when every record is well formed and ends with a bare LF
+    nul: bool = True  # whether a record may hold a NUL character (False: its bytes have none)
 
 
 _REJECT_ROW = {"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String}
@@ -84,7 +85,7 @@ def read_cut(plan: SyncPlan, header: csvscan.Header, text: bytes, lines: np.ndar
     batch that held just them."""
     if not text:
         return RawBatch(pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names}),
-                        pl.Series("_line", [], dtype=pl.Int64), pl.DataFrame(schema=_REJECT_ROW), 0, None)
+                        pl.Series("_line", [], dtype=pl.Int64), pl.DataFrame(schema=_REJECT_ROW), 0, None, False)
     idx = index_batch(plan, text, 1)  # whole records of their batches: the same bounds here
     return as_strings(plan, header, text, dataclasses.replace(idx, lines=lines))
 
@@ -117,13 +118,14 @@ def as_strings(plan: SyncPlan, header: csvscan.Header, buf: bytes, idx: csvscan.
     else:
         raw = pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names})
     plain = good.all() and not (idx.stops - idx.ends > 1).any()  # a CR LF ending: not a bare LF
-    return RawBatch(raw, lines, ragged, int(counted.sum()), buf if plain else None)
+    return RawBatch(raw, lines, ragged, int(counted.sum()), buf if plain else None, b"\x00" in buf)
 
 
-def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
-              ragged: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(typed good rows, every reject with its value as stored)."""
-    typed, rejects = coerce(raw, plan.spec, lines)
+def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series, ragged: pl.DataFrame, *,
+              nul: bool = True, instants: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(typed good rows, every reject with its value as stored); ``nul``: see ``RawBatch``,
+    ``instants``: see ``cutover.coerce.coerce``."""
+    typed, rejects = coerce(raw, plan.spec, lines, nul=nul, instants=instants)
     if ragged.height:
         rejects = pl.concat([rejects, ragged])
     return typed, rejects.with_columns(stored_value("value"))
@@ -131,9 +133,9 @@ def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series,
 
 def parse_batch(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Pure CPU work for one batch: (typed good rows, rejects, rows read)."""
-    raw, lines, ragged, read, _ = read_raw(plan, header, batch)
-    typed, rejects = type_rows(plan, raw, lines, ragged)
-    return typed, rejects, read
+    rb = read_raw(plan, header, batch)
+    typed, rejects = type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul)
+    return typed, rejects, rb.read
 
 
 def csv_bytes(df: pl.DataFrame) -> bytes:

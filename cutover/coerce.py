@@ -39,7 +39,17 @@ def _uuid(col: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     return col.str.to_lowercase(), _error(~col.str.contains(UUID_RE), "not a UUID (expected 8-4-4-4-12 hex digits)")
 
 
+def instant_column(name: str) -> str:
+    """The name of the column ``coerce(..., instants=True)`` adds for timestamptz column ``name``."""
+    return f"_instant_{name}"
+
+
 def _timestamptz(col: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    instant, reason = _general_instant(col)
+    return instant.dt.strftime(TS_OUT), reason
+
+
+def _general_instant(col: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     parts = col.str.extract_groups(TS_RE)
     date, hm, sec, frac, off = (parts.struct.field(str(i)) for i in range(1, 6))
     offset = (
@@ -57,7 +67,7 @@ def _timestamptz(col: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
               # PostgreSQL keeps instants of years 1..9999 (UTC): 0001-01-01T00:00+05:00 is year 0 in UTC
               .when(~instant.dt.year().is_between(1, 9999))
               .then(pl.lit("out of range: the instant in UTC must fall in years 0001-9999")))
-    return instant.dt.strftime(TS_OUT), reason
+    return instant, reason
 
 
 def _numeric(col: pl.Expr, c: Column) -> tuple[pl.Expr, pl.Expr]:
@@ -77,8 +87,9 @@ def _numeric(col: pl.Expr, c: Column) -> tuple[pl.Expr, pl.Expr]:
     return col, reason
 
 
-def _text(col: pl.Expr, c: Column) -> tuple[pl.Expr, pl.Expr]:
-    reason = pl.when(col.str.contains("\x00", literal=True)).then(
+def _text(col: pl.Expr, c: Column, nul: bool = True) -> tuple[pl.Expr, pl.Expr]:
+    # ``nul`` False: the caller saw no NUL byte in the records, so no value needs searching for one
+    reason = pl.when(col.str.contains("\x00", literal=True) if nul else pl.lit(False)).then(
         pl.lit("contains a NUL character, which PostgreSQL text cannot store"))
     if c.enum:
         reason = reason.when(~col.is_in(list(c.enum))).then(pl.lit(f"not one of: {', '.join(c.enum)}"))
@@ -88,8 +99,8 @@ def _text(col: pl.Expr, c: Column) -> tuple[pl.Expr, pl.Expr]:
     return col, reason
 
 
-def column_rule(c: Column) -> tuple[pl.Expr, pl.Expr]:
-    """(canonical value, reject reason or null) for one column of raw strings."""
+def column_rule(c: Column, *, nul: bool = True) -> tuple[pl.Expr, pl.Expr]:
+    """(canonical value, reject reason or null) for one column of raw strings (``nul``: see ``_text``)."""
     col = pl.col(c.name)
     if c.type == "uuid":
         value, reason = _uuid(col)
@@ -98,7 +109,7 @@ def column_rule(c: Column) -> tuple[pl.Expr, pl.Expr]:
     elif c.type == "numeric":
         value, reason = _numeric(col, c)
     else:
-        value, reason = _text(col, c)
+        value, reason = _text(col, c, nul)
     if not c.nullable:
         reason = pl.when(col.is_null()).then(pl.lit("required value is missing")).otherwise(reason)
     else:
@@ -115,27 +126,34 @@ def column_rule(c: Column) -> tuple[pl.Expr, pl.Expr]:
 FAST_TS_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](0\d|1[0-4]):[0-5]\d)$"
 
 
-def _fast_timestamp_ok(col: pl.Expr) -> pl.Expr:
+def _fast_instant(col: pl.Expr) -> pl.Expr:
     # PostgreSQL reads "T" and " " between date and time alike
-    instant = col.str.replace(" ", "T", literal=True).str.replace("Z", "+00:00", literal=True).str.to_datetime(
+    return col.str.replace(" ", "T", literal=True).str.replace("Z", "+00:00", literal=True).str.to_datetime(
         "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
-    return (col.str.contains(FAST_TS_RE) & instant.dt.year().is_between(2, 9998)).fill_null(False)
 
 
 def _split_fast(raw: pl.DataFrame, spec: TableSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(rows whose every timestamp has the fast shape, the others)."""
+    """(rows whose every timestamp has the fast shape, the others), each timestamp's instant beside it
+    (``instant_column``; on the others' rows, not to be used)."""
     stamps = [c for c in spec.columns if c.type == "timestamptz"]
     if not stamps or raw.height == 0:
         return raw.clear(), raw
-    fast = raw.select(pl.all_horizontal(
-        [pl.col(c.name).is_null() | _fast_timestamp_ok(pl.col(c.name)) for c in stamps])).to_series()
+    parsed = raw.with_columns(_fast_instant(pl.col(c.name)).alias(instant_column(c.name)) for c in stamps)
+    fast = parsed.select(pl.all_horizontal(
+        [pl.col(c.name).is_null() | (pl.col(c.name).str.contains(FAST_TS_RE)
+                                     & pl.col(instant_column(c.name)).dt.year().is_between(2, 9998)).fill_null(False)
+         for c in stamps])).to_series()
     if fast.all():
-        return raw, raw.clear()
-    return raw.filter(fast), raw.filter(~fast)
+        return parsed, raw.clear()
+    return parsed.filter(fast), raw.filter(~fast)
 
 
-def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
-    rules = {c.name: column_rule(c) for c in spec.columns}
+def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool,
+           instants: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rules = {c.name: column_rule(c, nul=nul) for c in spec.columns}
+    stamps = [c.name for c in spec.columns if c.type == "timestamptz"]
+    kept = [] if not instants else [pl.col(instant_column(n)) for n in stamps] if fast else \
+        [_general_instant(pl.col(n))[0].alias(instant_column(n)) for n in stamps]
     if fast:  # see FAST_TS_RE: the value as written; a missing required one is still a reject
         rules = {c.name: (pl.col(c.name), rules[c.name][1]) if c.type != "timestamptz"
                  else (pl.col(c.name), pl.when(pl.col(c.name).is_null() & (not c.nullable))
@@ -147,9 +165,9 @@ def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool) -> tuple[pl.DataFra
     bad = checked.select(pl.any_horizontal(pl.col(w).is_not_null() for w in why)).to_series()
     values = [value.alias(name) for name, (value, _) in rules.items()]
     if not bad.any():  # the usual batch: no row to copy out
-        return (checked.select(*values, pl.col("_line")),
+        return (checked.select(*values, pl.col("_line"), *kept),
                 pl.DataFrame(schema={"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String}))
-    good = checked.filter(~bad).select(*values, pl.col("_line"))
+    good = checked.filter(~bad).select(*values, pl.col("_line"), *kept)
     failing = checked.filter(bad)
     # the first failing column of each row, built on the few failing rows only
     first = pl.coalesce([pl.when(pl.col(w).is_not_null()).then(pl.struct(
@@ -163,22 +181,27 @@ def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool) -> tuple[pl.DataFra
     return good, rejects
 
 
-def coerce(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+def coerce(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series, *, nul: bool = True,
+           instants: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split ``raw`` into (good rows in text PostgreSQL parses back exactly + ``_line``, rejects:
     line/column/value/reason/key). Rows whose timestamps all have the common shape skip the general
-    timestamp rule (the costly part); the outcome is the same either way."""
-    typed, rejects, _ = coerce_noting_rewrites(raw, spec, lines)
+    timestamp rule (the costly part); the outcome is the same either way. ``nul=False`` promises that
+    no value holds a NUL character (the caller checked the bytes): texts are not searched for one.
+    ``instants``: the good rows also carry each timestamp as parsed (Datetime UTC, ``instant_column``),
+    so that a caller needing the instant does not parse the text again."""
+    typed, rejects, _ = coerce_noting_rewrites(raw, spec, lines, nul=nul, instants=instants)
     return typed, rejects
 
 
-def coerce_noting_rewrites(raw: pl.DataFrame, spec: TableSpec,
-                           lines: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+def coerce_noting_rewrites(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series, *, nul: bool = True,
+                           instants: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
     """``coerce``, and whether any value was rewritten: False when every row took the fast rule, which
     passes values on as written (PostgreSQL reads them as the canonical form would be read)."""
     fast, general = _split_fast(raw.with_columns(lines.alias("_line")), spec)
     if general.height == 0:
-        return (*_typed(fast, spec, True), False)
+        return (*_typed(fast, spec, True, nul, instants), False)
     if fast.height == 0:
-        return (*_typed(general, spec, False), True)
-    (good_fast, rejects_fast), (good, rejects) = _typed(fast, spec, True), _typed(general, spec, False)
+        return (*_typed(general, spec, False, nul, instants), True)
+    (good_fast, rejects_fast), (good, rejects) = (_typed(fast, spec, True, nul, instants),
+                                                  _typed(general, spec, False, nul, instants))
     return pl.concat([good_fast, good]), pl.concat([rejects_fast, rejects]), True

@@ -310,7 +310,7 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
     def diff(batch: csvscan.Batch):
         """(batch, records, baseline ordinals found, the changed records: CSV text and what types it)."""
         if indexing.by == "fields":
-            raw, lines, ragged, n, _ = batches.read_raw(plan, fscan.header, batch)
+            raw, lines, ragged, n, _, _ = batches.read_raw(plan, fscan.header, batch)
             same, pos = index.positions(raw)
             changed = raw.filter(pl.Series(~same)).with_columns(lines.filter(pl.Series(~same)))
             # as CSV text: a filtered frame would keep its whole batch's strings alive until typed
@@ -327,25 +327,25 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
         pending_rows = 0
         schema = {**{c: pl.String for c in spec.column_names}, "_line": pl.Int64}
 
-        def read_pending() -> tuple[pl.DataFrame, pl.Series, pl.DataFrame]:
+        def read_pending() -> batches.RawBatch:
             text = b"".join(t for t, _ in pending)
             if indexing.by == "bytes":
-                raw, lines, ragged, _, _ = batches.read_cut(plan, fscan.header, text,
-                                                            np.concatenate([lines for _, lines in pending]))
-                return raw, lines, ragged
+                return batches.read_cut(plan, fscan.header, text, np.concatenate([lines for _, lines in pending]))
             raw = (pl.read_csv(io.BytesIO(text), has_header=False, new_columns=list(schema), schema=schema,
                                quote_char='"') if text else pl.DataFrame(schema=schema))
-            return raw.drop("_line"), raw["_line"], pl.concat([ragged for _, ragged in pending])
+            ragged = pl.concat([ragged for _, ragged in pending])
+            return batches.RawBatch(raw.drop("_line"), raw["_line"], ragged, raw.height + ragged.height, None,
+                                    b"\x00" in text)
 
         def type_pending() -> None:
             # typed together: typing costs ~20 ms a call whatever the rows, more than a batch's few changed ones
             nonlocal pending_rows
             if not pending:
                 return
-            raw, lines, ragged = read_pending()
+            rb = read_pending()
             pending.clear()
             pending_rows = 0
-            typed, rejects = batches.type_rows(plan, raw, lines, ragged)
+            typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul)
             rows_spool.write(batches.csv_bytes(typed))
             rejects_spool.write(batches.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
 

@@ -143,8 +143,8 @@ def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvsc
     in_spec_order = tuple(header.names) == plan.spec.column_names
 
     def parse(batch: csvscan.Batch):
-        raw, lines, ragged, read, verbatim = read_raw(plan, header, batch)
-        typed, rejects, rewritten = coerce_noting_rewrites(raw, plan.spec, lines)
+        raw, lines, ragged, read, verbatim, nul = read_raw(plan, header, batch)
+        typed, rejects, rewritten = coerce_noting_rewrites(raw, plan.spec, lines, nul=nul)
         if ragged.height:
             rejects = pl.concat([rejects, ragged])
         if (verbatim is not None and not rejects.height and not rewritten and in_spec_order

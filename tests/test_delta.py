@@ -94,6 +94,7 @@ def test_a_file_from_the_same_writer_is_diffed_by_bytes(db, settings, specs, sql
     for r in new_rows[::29]:
         r["status"], r["notes"] = "contacted", 'edited, "quoted"\r\nand multi-line'
     new_rows[3]["budget"] = "12.345"  # now rejected: its old row stays
+    new_rows[4]["notes"] = "a NUL \x00 inside"  # rejected too: only this batch's bytes hold one
     new_rows += [lead(2000 + i) for i in range(6)]
     new = write_csv(tmp_path / "new.csv", new_rows)
     text = new.read_bytes().split(b"\n")
@@ -104,7 +105,7 @@ def test_a_file_from_the_same_writer_is_diffed_by_bytes(db, settings, specs, sql
     diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new, batch_bytes=2048)
     assert _matched_by(caplog)[0] == "bytes"
     assert diffed == staged
-    assert diffed[0][2] == 2 and diffed[0][5] == 8  # rejected (the budget, the ragged record), deleted
+    assert diffed[0][2] == 3 and diffed[0][5] == 8  # rejected (the budget, the NUL, the ragged record), deleted
 
 
 def test_records_written_over_in_another_format_are_diffed_by_fields(db, settings, specs, sql, tmp_path, caplog):
