@@ -19,6 +19,7 @@ the run's own; nothing else reads them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -39,8 +40,8 @@ class SourceCounts:
 
 def _typed_batches(plan: SyncPlan, fscan: csvscan.FileScan, workers: int):
     def parse(batch: csvscan.Batch):
-        raw, lines, ragged, read, verbatim = batches.read_raw(plan, fscan.header, batch)
-        typed, rejects = batches.type_rows(plan, raw, lines, ragged)
+        raw, lines, ragged, read, verbatim, nul = batches.read_raw(plan, fscan.header, batch)
+        typed, rejects = batches.type_rows(plan, raw, lines, ragged, nul=nul, instants=True)
         return typed, rejects, read, verbatim is not None and digests.SEPARATOR.encode() not in verbatim
 
     return in_order(parse, fscan.batches, workers)
@@ -62,25 +63,33 @@ def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.File
     for typed, rejects, *_ in _typed_batches(plan, fscan, workers):
         rows = digests.in_buckets(typed, plan.spec, buckets) if len(buckets) else typed.clear()
         if rows.height or rejects.height:
-            batches.copy_staged(conn, plan, batches.csv_bytes(rows), rejects)
+            batches.copy_staged(conn, plan, batches.csv_bytes(rows.select(*plan.spec.column_names, "_line")), rejects)
     conn.execute(merge.analyze_staging(plan.staging))
 
 
-def target_sums(conn: psycopg.Connection, plan: SyncPlan) -> digests.Sums:
-    before = conn.execute("select current_setting('enable_sort'), current_setting('work_mem')").fetchone()
-    # the planner cannot know there are only 65,536 buckets: left alone, it sorts the whole table
-    conn.execute("select set_config('enable_sort', 'off', true), set_config('work_mem', '64MB', true)")
+def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> digests.Sums:
+    """``parallel`` False: one server process sums the table (its parallel workers would take the
+    cores from work this one overlaps with)."""
+    settings = ("enable_sort", "work_mem", "max_parallel_workers_per_gather")
+    before = conn.execute("select " + ", ".join(f"current_setting('{s}')" for s in settings)).fetchone()
+    # the planner cannot know there are only 4,096 buckets: left alone, it sorts the whole table
+    during = ("off", "64MB", before[2] if parallel else "0")
+    conn.execute("select " + ", ".join(f"set_config('{s}', %s, true)" for s in settings), during)
     rows = conn.execute(digests.target_sql(plan.spec)).fetchall()
-    conn.execute("select set_config('enable_sort', %s, true), set_config('work_mem', %s, true)", before)
+    conn.execute("select " + ", ".join(f"set_config('{s}', %s, true)" for s in settings), before)
     return digests.target_sums(rows)
 
 
-def first_pass(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan,
-               workers: int) -> tuple[np.ndarray, SourceCounts, int]:
+def first_pass(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, workers: int, *,
+               csv_after: Callable[[], None] | None = None) -> tuple[np.ndarray, SourceCounts, int]:
     """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
-    table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's."""
+    table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's.
+    The table is summed from the start; the CSV once ``csv_after`` returns (a caller busy with
+    Python-bound work — an import — lets the database work alone first)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
-        table = side.submit(target_sums, conn, plan)
+        table = side.submit(target_sums, conn, plan, parallel=csv_after is None)
+        if csv_after is not None:
+            csv_after()
         source, counts = csv_sums(plan, fscan, workers)
         target = table.result()
     return digests.suspects(source, target), counts, target.total

@@ -32,6 +32,7 @@ MAX_EXAMPLES = 5
 _lock = threading.Lock()  # one GX run at a time
 _context_lock = threading.Lock()  # one import and context build
 _context = None
+_warming: threading.Thread | None = None  # warm_up's thread
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def _gx_context():
 def warm_up() -> None:
     """Import GX and build its context in a background thread (no-op once done): the import is
     seconds of CPU that a caller can overlap with I/O. A failure here is raised again by the run."""
+    global _warming
     if _context is not None:
         return
 
@@ -91,7 +93,15 @@ def warm_up() -> None:
         except Exception:  # the run that needs the context raises it with its own traceback
             logging.getLogger("cutover.gx").debug("GX warm-up failed", exc_info=True)
 
-    threading.Thread(target=build, name="cutover-gx-warmup", daemon=True).start()
+    _warming = threading.Thread(target=build, name="cutover-gx-warmup", daemon=True)
+    _warming.start()
+
+
+def wait_warm() -> None:
+    """Return once a ``warm_up`` begun has ended (whether or not it succeeded): the import holds
+    Python's lock for seconds, so Python-driven work started alongside it crawls."""
+    if _warming is not None:
+        _warming.join()
 
 
 def _build_context():

@@ -209,8 +209,10 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
     suspect bucket, no reject), recorded on the run; None when they are not."""
     stg = plan.staging
     with _alive(db, plan):
-        suspects, counts, _ = db.run(lambda conn: digest_parity.first_pass(conn, stg, fscan, workers),
-                                     what=f"digests of {plan.spec.name}", snapshot=True)
+        # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
+        suspects, counts, _ = db.run(
+            lambda conn: digest_parity.first_pass(conn, stg, fscan, workers, csv_after=gx_runner.wait_warm),
+            what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
         return None
     db.run(lambda conn: _record_source(conn, plan, fscan, counts), what=f"record the validation of {plan.spec.name}")
@@ -234,11 +236,11 @@ def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> r
     parallel), then the source's suite and the staged comparison run side by side. GX runs one suite
     at a time (``gx_runner``), on its own connection outside the pool; the probes run beside the
     comparison only when the pool has a connection to spare for them."""
-    gx_runner.warm_up()
     before = snapshot(db, plan)
     side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="cutover-validate")
     try:
         fscan = begin_staging(db, plan) if plan.staging is not None else None
+        gx_runner.warm_up()  # after the scan, which would crawl beside the import (Python's lock)
         target = side.submit(expectations, db, plan, "target")
         probes = side.submit(security, db, plan) if plan.staging is None or db.pool.max_size > workers else None
         source = parity_result = None
