@@ -117,35 +117,45 @@ def column_rule(c: Column, *, nul: bool = True) -> tuple[pl.Expr, pl.Expr]:
     return value, reason
 
 
-# The shape almost every timestamp in a real file has: checked by one cheap regex and one fixed-format
-# parse, and sent to PostgreSQL as written (an explicit offset, so the same instant). Anything else —
-# another shape, or a value near the ends of the range — takes the general rule, whose reasons the
-# rejects report.
+# The shape almost every timestamp in a real file has, checked by one regex that admits only real
+# instants (a day the month has, a time of day) and sent to PostgreSQL as written (an explicit offset,
+# so the same instant): no parse at all. Anything else — another shape, the 29th of February (leap
+# years are the general rule's), a year outside 1000..8999 — takes the general rule, whose reasons the
+# rejects report. Digits are ASCII ([0-9]: the regex engine's \d admits any script's digits).
 # Offsets stop at ±14:59: PostgreSQL refuses a displacement past ±15:59, which the general rule
 # converts to UTC first.
-FAST_TS_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](0\d|1[0-4]):[0-5]\d)$"
+_FAST_DATE = (r"[1-8][0-9]{3}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+              r"|(?:0[13578]|1[02])-31)")
+FAST_TS_RE = (r"^" + _FAST_DATE + r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+              r"(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])$")
+
+
+def fast_timestamp(col: pl.Expr) -> pl.Expr:
+    """Whether a value has the fast shape (see above); null stays null."""
+    return col.str.contains(FAST_TS_RE)
 
 
 def _fast_instant(col: pl.Expr) -> pl.Expr:
     # PostgreSQL reads "T" and " " between date and time alike
     return col.str.replace(" ", "T", literal=True).str.replace("Z", "+00:00", literal=True).str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
+        "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=True)
 
 
-def _split_fast(raw: pl.DataFrame, spec: TableSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(rows whose every timestamp has the fast shape, the others), each timestamp's instant beside it
-    (``instant_column``; on the others' rows, not to be used)."""
+def _split_fast(raw: pl.DataFrame, spec: TableSpec, instants: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows whose every timestamp has the fast shape, the others); ``instants``: the fast rows carry
+    each timestamp's instant (``instant_column``)."""
     stamps = [c for c in spec.columns if c.type == "timestamptz"]
     if not stamps or raw.height == 0:
         return raw.clear(), raw
-    parsed = raw.with_columns(_fast_instant(pl.col(c.name)).alias(instant_column(c.name)) for c in stamps)
-    fast = parsed.select(pl.all_horizontal(
-        [pl.col(c.name).is_null() | (pl.col(c.name).str.contains(FAST_TS_RE)
-                                     & pl.col(instant_column(c.name)).dt.year().is_between(2, 9998)).fill_null(False)
-         for c in stamps])).to_series()
-    if fast.all():
-        return parsed, raw.clear()
-    return parsed.filter(fast), raw.filter(~fast)
+    fast = raw.select(pl.all_horizontal(
+        [pl.col(c.name).is_null() | fast_timestamp(pl.col(c.name)) for c in stamps])).to_series()
+    if not fast.all():
+        raw, general = raw.filter(fast), raw.filter(~fast)
+    else:
+        general = raw.clear()
+    if instants:
+        raw = raw.with_columns(_fast_instant(pl.col(c.name)).alias(instant_column(c.name)) for c in stamps)
+    return raw, general
 
 
 def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool,
@@ -197,7 +207,7 @@ def coerce_noting_rewrites(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series,
                            instants: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
     """``coerce``, and whether any value was rewritten: False when every row took the fast rule, which
     passes values on as written (PostgreSQL reads them as the canonical form would be read)."""
-    fast, general = _split_fast(raw.with_columns(lines.alias("_line")), spec)
+    fast, general = _split_fast(raw.with_columns(lines.alias("_line")), spec, instants)
     if general.height == 0:
         return (*_typed(fast, spec, True, nul, instants), False)
     if fast.height == 0:

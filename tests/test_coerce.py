@@ -79,3 +79,38 @@ def test_uuids_are_lower_cased():
     col = Column("id", "uuid", nullable=False)
     assert _apply(col, ["00AEABBC-54D4-5830-8A36-9308A3EE5BFA", "not-a-uuid"]) == [
         ("00aeabbc-54d4-5830-8a36-9308a3ee5bfa", None), ("not-a-uuid", "not a UUID (expected 8-4-4-4-12 hex digits)")]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_fast_timestamp_shape_decides_as_the_general_rule_does(seed):
+    """A value the fast regex admits is passed on as written: it must be one the general rule accepts,
+    at the same instant; anything else goes to the general rule. Random values near every edge."""
+    import random
+
+    from cutover.coerce import _general_instant, fast_timestamp
+
+    rng = random.Random(seed)
+    values = []
+    for _ in range(4000):
+        year = rng.choice([1, 999, 1000, 1999, 2000, 2023, 2024, 2100, 8999, 9000, 9999])
+        edge = rng.random() < 0.2  # mostly valid parts, sometimes one past the edge
+        month = rng.choice([0, 13]) if edge else rng.randint(1, 12)
+        day = rng.choice([0, 32]) if edge else rng.choice([1, 15, 28, 29, 30, 31])
+        hh, mm, ss = rng.choice([0, 9, 23, 24]), rng.choice([0, 59, 59, 60]), rng.choice([0, 30, 59, 59, 60])
+        frac = rng.choice(["", ".5", ".123456", ".1234567"])
+        off = rng.choice(["Z", "Z", "z", "+00:00", "-14:59", "+02:00", "+15:00", "+05", "+0530", "", "+5:30"])
+        sep = rng.choice(["T", " "])
+        value = f"{year:04d}-{month:02d}-{day:02d}{sep}{hh:02d}:{mm:02d}:{ss:02d}{frac}{off}"
+        values.append(value.replace("1", "١", 1) if rng.random() < 0.02 else value)  # an Arabic-Indic one
+    frame = pl.DataFrame({"t": values})
+    instant, reason = _general_instant(pl.col("t"))
+    general = frame.select(fast_timestamp(pl.col("t")).alias("fast"), instant.alias("at"),
+                           reason.alias("why"))
+    fast = general.filter("fast")
+    assert fast.height > 150 and general.height - fast.height > 150
+    assert fast["why"].null_count() == fast.height  # every fast value is accepted by the general rule
+    # PostgreSQL reads the value as written: the instant polars reads from it is the general rule's
+    as_written = fast.with_columns(t=pl.Series(values).filter(general["fast"])).select(
+        pl.col("t").str.replace(" ", "T").str.replace("Z", "+00:00").str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC"))
+    assert as_written.to_series().to_list() == fast["at"].to_list()
