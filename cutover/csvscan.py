@@ -313,8 +313,9 @@ def _count_fields(a: np.ndarray, quotes: np.ndarray, starts: np.ndarray, stops: 
     if len(quotes) > 2 * records or not len(a):  # quotes everywhere: which commas lie outside them, one by one
         commas = commas[(np.searchsorted(quotes, commas) & 1) == 0]
         return 1 + np.bincount(np.searchsorted(stops, commas, side="right"), minlength=records)[:records]
-    # few quotes: all the commas of a record (int32: numpy's fast reduceat loop), less those between its quotes
-    fields = 1 + np.add.reduceat(is_comma.view(np.uint8), starts, dtype=np.int32).astype(np.int64)
+    # few quotes: all the commas of a record (located by binary search: no temporary the size of the
+    # batch), less those between its quotes
+    fields = 1 + np.searchsorted(commas, stops) - np.searchsorted(commas, starts)
     if len(quotes):
         opening = quotes[0::2]
         inside = np.searchsorted(commas, quotes[1::2]) - np.searchsorted(commas, opening)

@@ -39,7 +39,6 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import psycopg
-import pyarrow as pa
 
 from cutover import batches, commit, csvscan, merge, state
 from cutover.baseline import Baseline
@@ -116,6 +115,7 @@ def record_hashes(raw: pl.DataFrame, seeds: tuple[int, int]) -> tuple[np.ndarray
 def byte_hashes(buf: bytes, idx: csvscan.RecordIndex, rows: np.ndarray,
                 seeds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of the records ``rows`` of ``buf`` as written, line end included."""
+    import pyarrow as pa  # here: ~25 MB of memory that only a diff needs
     # every record as one binary value, sharing buf's memory: a record runs to the next one's start
     offsets = np.append(idx.starts, len(buf)).astype(np.int64)
     records = pl.Series(pa.LargeBinaryArray.from_buffers(
