@@ -2,26 +2,26 @@
 
 When the table holds exactly the rows of its baseline (``cutover.baseline``: the file its last merge
 loaded) — no write to it since that merge (data_version == merged_version), the same basis (spec,
-parents' data), and that merge rejected nothing — a record of the new file equal, field for field,
-to a baseline record is already in the table, typed. Only the other records are typed and staged;
-the baseline's records the new file no longer has give the keys to delete. The outcome is the full
-load's: the same rows, the same rejects with the same lines and reasons, the same counts.
+parents' data), and that merge rejected nothing — a record of the new file equal to a baseline record
+(byte for byte, or field for field) is already in the table, typed. Only the other records are typed
+and staged; the baseline's records the new file no longer has give the keys to delete. The outcome is
+the full load's: the same rows, the same rejects with the same lines and reasons, the same counts.
 
 Records are compared by two polars hashes (100 bits kept) with seeds drawn for this run and never
 stored (polars' hashes change between versions): see ``BaselineIndex``. They hash each record's bytes
-as written (``by="bytes"``): no parsing at all, only the changed records are parsed. A file written
-over in another format (other quoting, line ends or header) has few records equal byte for byte
-although their fields are, so the diff then compares parsed fields instead (``by="fields"``: both
-files parsed): chosen up front when the header's bytes differ, or after the first batches. Memory: 16 bytes a baseline
-record plus the batches in flight; the baseline's keys are read again only for the records that are gone.
-A baseline whose index would pass ``SyncPlan.diff_index_bytes`` is not indexed: memory stays bounded.
+as written (``by="bytes"``): nothing is parsed but the changed records. A file written over in another
+format (other quoting, line ends or header) has few records equal byte for byte although their fields
+are, so the diff then compares parsed fields (``by="fields"``: both files parsed), chosen up front when
+the header's bytes differ, or after the first batches. Memory: 16 bytes a baseline record plus the
+batches in flight; the baseline's keys are read again only for the records that are gone. A baseline
+whose index would pass ``SyncPlan.diff_index_bytes`` is not indexed: memory stays bounded.
 
 Whatever would make the diff's outcome differ from the full load's sends the sync down the staged
 path (``load_changes`` returns None) before anything is applied: no usable baseline, a write since
 the merge, rejects in it, one record twice in the new file, or a changed or rejected row whose key an
 unchanged row has — or more than half the records changed so far (``MOSTLY_CHANGED``: a rewrite loads
-faster in parallel batches). Concurrency is the staged path's: one transaction under the table's lock, merged
-only if the table's version is still the one the run began with.
+faster in parallel batches). Concurrency is the staged path's: one transaction under the table's lock,
+merged only if the table's version is still the one the run began with.
 """
 
 from __future__ import annotations

@@ -119,8 +119,8 @@ def _mask(columns: list[Column]) -> pl.Expr:
 def _bucket(key: Column, text: str) -> pl.Expr:
     """The bucket of the key whose canonical text is column ``text``."""
     if key.type == "uuid":  # see key_bucket_sql
-        return (pl.col(text).str.slice(0, 4).str.to_integer(base=16)
-                .xor(pl.col(text).str.slice(-4).str.to_integer(base=16)) // (1 << (16 - 4 * BUCKET_DIGITS))).alias("bucket")
+        first, last = (pl.col(text).str.slice(at, 4).str.to_integer(base=16) for at in (0, -4))
+        return (first.xor(last) // (1 << (16 - 4 * BUCKET_DIGITS))).alias("bucket")
     return plh.col(text).nchash.md5().str.slice(0, BUCKET_DIGITS).str.to_integer(base=16).alias("bucket")
 
 
