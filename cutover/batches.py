@@ -3,10 +3,12 @@
 Contract: ``read_raw`` reads the byte range of one ``csvscan.Batch`` from the run's snapshot and returns
 its well-formed records as strings (polars) with their source lines, and a reject for every record
 with the wrong number of fields; ``type_rows`` types them by the spec (``cutover.coerce``), every
-reject carrying its value as stored. Neither touches the database: any thread may run them, each
-batch on its own. ``copy_staged`` writes typed rows and rejects into the run's staging table
-and ``cutover.rejects`` in the caller's transaction. The staged sync, the diff and parity all read
-batches through this one module, so they agree on every row and every reject.
+reject carrying its value as stored. ``cut`` and ``read_cut`` do what ``read_raw`` does for chosen
+records of several batches (the diff's changed ones), each keeping its own source line. None of them
+touches the database: any thread may run them, each batch on its own. ``copy_staged`` writes typed
+rows and rejects into the run's staging table and ``cutover.rejects`` in the caller's transaction. The
+staged sync, the diff and parity all read batches through this one module, so they agree on every row
+and every reject.
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan
     """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
     table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's.
     The table is summed from the start; the CSV once ``csv_after`` returns (a caller busy with
-    Python-bound work — an import — lets the database work alone first)."""
+    Python-bound work — an import — lets the database work alone first, in one server process, so
+    that the two share the cores)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
         table = side.submit(target_sums, conn, plan, parallel=csv_after is None)
         if csv_after is not None:

@@ -274,7 +274,7 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged:
             if first is not None:
                 return first
         changes = delta.load_changes(db, plan, fscan, indexing, base_version, started, workers=workers,
-                                     on_batch=on_batch, on_restart=on_scan and (lambda: on_scan(fscan)))
+                                     on_batch=on_batch, on_restart=(lambda: on_scan(fscan)) if on_scan else None)
         if changes is not None:
             return changes
         if on_scan and (base_version == 0 or indexing is not None):
