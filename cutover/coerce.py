@@ -158,12 +158,19 @@ def _split_fast(raw: pl.DataFrame, spec: TableSpec, instants: bool) -> tuple[pl.
     return raw, general
 
 
+def _instants(spec: TableSpec, fast: bool) -> list[pl.Expr]:
+    """The timestamps' instants as ``coerce(..., instants=True)`` hands them back: the fast rows carry
+    theirs already (``_split_fast``); the general rule parses its own."""
+    stamps = [c.name for c in spec.columns if c.type == "timestamptz"]
+    if fast:
+        return [pl.col(instant_column(n)) for n in stamps]
+    return [_general_instant(pl.col(n))[0].alias(instant_column(n)) for n in stamps]
+
+
 def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool,
            instants: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     rules = {c.name: column_rule(c, nul=nul) for c in spec.columns}
-    stamps = [c.name for c in spec.columns if c.type == "timestamptz"]
-    kept = [] if not instants else [pl.col(instant_column(n)) for n in stamps] if fast else \
-        [_general_instant(pl.col(n))[0].alias(instant_column(n)) for n in stamps]
+    kept = _instants(spec, fast) if instants else []
     if fast:  # see FAST_TS_RE: the value as written; a missing required one is still a reject
         rules = {c.name: (pl.col(c.name), rules[c.name][1]) if c.type != "timestamptz"
                  else (pl.col(c.name), pl.when(pl.col(c.name).is_null() & (not c.nullable))

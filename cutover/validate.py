@@ -228,9 +228,10 @@ def _record_source(conn, plan: ValidationPlan, fscan: csvscan.FileScan, counts: 
 def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> report.Report:
     """The whole validation in this process (what ``cutover validate`` runs).
 
-    GX's import starts first, in the background. Once the file has scanned cleanly, the target's suite
-    and the security probes run in threads while the CSV and the table are compared by digests
-    (``cutover.digest_parity``). When they match, the CSV's typed rows are the table's rows: parity is
+    The file is scanned first; then GX's import starts in the background, and the target's suite and
+    the security probes run in threads while the CSV and the table are compared by digests
+    (``cutover.digest_parity``): PostgreSQL sums the table beside the import, and the CSV's pass
+    begins once the import is done (the import holds Python's lock for seconds). When they match, the CSV's typed rows are the table's rows: parity is
     exact and the source suite, run on the same rows, would give the target's results — they are
     reported as such, and the file is never staged. Otherwise the file is staged in full (batches in
     parallel), then the source's suite and the staged comparison run side by side. GX runs one suite
