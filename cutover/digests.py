@@ -142,8 +142,10 @@ def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_f
     canonical = typed.select(_field(spec.column(spec.primary_key)).alias("_key"),
                              pl.concat_str(fields, separator=SEPARATOR, ignore_nulls=True).alias("_row"),
                              present.alias("_present"))
-    digests = canonical.select(_bucket(spec.column(spec.primary_key), "_key"),
-                               *_halves(plh.col("_row").nchash.md5()), untrusted.alias("untrusted"))
+    # the digest once, as its own column: both halves of one expression would compute it twice (eager)
+    digested = canonical.select(_bucket(spec.column(spec.primary_key), "_key"),
+                                plh.col("_row").nchash.md5().alias("_md5"), untrusted.alias("untrusted"))
+    digests = digested.select("bucket", *_halves(pl.col("_md5")), "untrusted")
     into.add(digests.group_by("bucket").agg(
         pl.len().cast(pl.Int64).alias("rows"), pl.col("x0").bitwise_xor(), pl.col("x1").bitwise_xor(),
         pl.col("untrusted").any()))
