@@ -231,7 +231,8 @@ def validate(
         plan = validation.plan_validation(
             spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
             batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
-            reports_dir=settings.reports_dir, subject=subject, actor="cli")
+            reports_dir=settings.reports_dir, subject=subject, actor="cli",
+            keep_csv_digests=settings.keep_csv_digests)
         with connect(settings) as db:
             rep = validation.validate_table(db, plan, workers=settings.workers)
         summary = rep.summary()
@@ -258,7 +259,7 @@ def parity(
         plan = validation.plan_validation(
             spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
             batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
-            reports_dir=settings.reports_dir, actor="cli")
+            reports_dir=settings.reports_dir, actor="cli", keep_csv_digests=settings.keep_csv_digests)
         with connect(settings) as db:
             result = validation.parity_only(db, plan, workers=settings.workers)
         _emit(result, as_json, f"{table}: {'exact' if result['passed'] else 'DIFFERENT'} — "

@@ -91,7 +91,8 @@ def run_validation(settings: Settings, db: Database, specs: dict[str, TableSpec]
         return latest
     plan = validate.plan_validation(specs[table], specs, settings.csv_path(table), rejects_dir=settings.rejects_dir,
                                     batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
-                                    reports_dir=settings.reports_dir, actor=actor)
+                                    reports_dir=settings.reports_dir, actor=actor,
+                                    keep_csv_digests=settings.keep_csv_digests)
     return validate.validate_table(db, plan, workers=settings.workers)
 
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # which keeps the process near 300 MB) a re-sync takes the staged path, whose memory does not grow
     # with the file. 0: never diff.
     diff_index_mb: int = Field(default=64, ge=0)
+    # Keep the CSV's side of a digest comparison (parity, validate) for its exact bytes, so that the
+    # same file compared again is not re-read (cutover.digest_memo). The table is always read.
+    keep_csv_digests: bool = True
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
     retry_attempts: int = Field(default=5, ge=1)
     # A Dask scheduler (tcp://host:8786): the flows then map batch tasks over its workers.

@@ -1,0 +1,88 @@
+"""The CSV's side of a digest comparison, kept for its exact bytes: the same file compared again is not re-read.
+
+Contract: ``recall(path, sha256, rules)`` returns the sums and counts that ``keep`` stored for a file
+with that SHA-256 typed and digested under those ``rules``, or None. A file's sums are a function of
+its bytes and of the rules that split, type and digest them, so what is recalled is exactly what a
+new read would compute: ``rules`` names all of those rules — the table's spec, the source of the
+modules that apply it, the polars and polars-hash versions they run on. Only the CSV's side is ever
+recalled; the table's side is summed again by every comparison (it may change without cutover).
+
+Storage: one file per table, the last file compared (4,096 buckets, ~100 KB), written atomically
+(``cutover.atomic``) as a numpy archive read without pickle; a missing, torn or foreign file reads as
+nothing kept. Nothing in it is data: row counts and XORs of digests per bucket.
+
+Concurrency: none needed. For one key every writer writes the same value and a rename is atomic, so a
+reader sees a whole file, old or new; two comparisons of different files leave either one's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cutover.atomic import atomic_write
+from cutover.digests import Sums
+from cutover.spec import TableSpec
+
+log = logging.getLogger("cutover.digest_memo")
+FORMAT = 1
+
+
+def path_for(registry: Path, table: str) -> Path:
+    return Path(registry) / f".{table}.csv-digests.npz"
+
+
+def rules(spec: TableSpec) -> str:
+    """What a CSV's sums depend on besides its bytes (see the module docstring)."""
+    import polars
+    import polars_hash
+
+    from cutover import batches, coerce, csvscan, digest_parity, digests
+
+    parts = [repr(dataclasses.replace(spec, source=None)), polars.__version__,
+             getattr(polars_hash, "__version__", "?")]
+    parts += [Path(m.__file__).read_bytes().decode() for m in (csvscan, batches, coerce, digests, digest_parity)]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def recall(path: Path, sha256: str, rules_id: str) -> tuple[Sums, dict[str, int]] | None:
+    """(sums, counts: read, loaded, rejected) kept for this file under these rules, or None."""
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            meta = json.loads(str(kept["meta"]))
+            if (meta.get("format"), meta.get("sha256"), meta.get("rules")) != (FORMAT, sha256, rules_id):
+                return None
+            sums = Sums(rows=kept["rows"], x0=kept["x0"], x1=kept["x1"], untrusted=kept["untrusted"])
+            counts = {k: int(meta[k]) for k in ("read", "loaded", "rejected")}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:  # torn, foreign: none kept
+        log.warning("ignoring the kept CSV digests at %s: %s", path, exc)
+        return None
+    empty = Sums.empty()
+    if any(getattr(sums, f).shape != getattr(empty, f).shape or getattr(sums, f).dtype != getattr(empty, f).dtype
+           for f in ("rows", "x0", "x1", "untrusted")):
+        return None
+    return sums, counts
+
+
+def keep(path: Path, sha256: str, rules_id: str, sums: Sums, *, read: int, loaded: int, rejected: int) -> None:
+    """Store a file's sums; a failure to is logged, never raised (the next comparison reads the file)."""
+    meta = {"format": FORMAT, "sha256": sha256, "rules": rules_id, "read": read, "loaded": loaded,
+            "rejected": rejected}
+    try:
+        with atomic_write(path) as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), rows=sums.rows, x0=sums.x0, x1=sums.x1,
+                     untrusted=sums.untrusted)
+    except OSError as exc:
+        log.warning("could not keep the CSV's digests at %s: %s", path, exc)
+
+
+def forget(path: Path) -> None:
+    Path(path).unlink(missing_ok=True)
