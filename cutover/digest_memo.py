@@ -23,12 +23,13 @@ import json
 import logging
 import zipfile
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from cutover.atomic import atomic_write
-from cutover.digests import Sums
-from cutover.spec import TableSpec
+
+if TYPE_CHECKING:  # numpy and polars are imported by use: planning a sync names the path without them
+    from cutover.digests import Sums
+    from cutover.spec import TableSpec
 
 log = logging.getLogger("cutover.digest_memo")
 FORMAT = 1
@@ -53,6 +54,10 @@ def rules(spec: TableSpec) -> str:
 
 def recall(path: Path, sha256: str, rules_id: str) -> tuple[Sums, dict[str, int]] | None:
     """(sums, counts: read, loaded, rejected) kept for this file under these rules, or None."""
+    import numpy as np
+
+    from cutover.digests import Sums
+
     try:
         with np.load(path, allow_pickle=False) as kept:
             meta = json.loads(str(kept["meta"]))
@@ -74,6 +79,8 @@ def recall(path: Path, sha256: str, rules_id: str) -> tuple[Sums, dict[str, int]
 
 def keep(path: Path, sha256: str, rules_id: str, sums: Sums, *, read: int, loaded: int, rejected: int) -> None:
     """Store a file's sums; a failure to is logged, never raised (the next comparison reads the file)."""
+    import numpy as np
+
     meta = {"format": FORMAT, "sha256": sha256, "rules": rules_id, "read": read, "loaded": loaded,
             "rejected": rejected}
     try:

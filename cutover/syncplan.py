@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from cutover import merge, state
+from cutover import digest_memo, merge, state
 from cutover.atomic import atomic_write
 from cutover.errors import StructuralError
 from cutover.spec import TableSpec
@@ -39,6 +39,7 @@ class SyncPlan:
     allow_mass_delete: bool
     actor: str
     diff_index_bytes: int = 64 << 20  # see Settings.diff_index_mb
+    csv_digests: Path | None = None  # where the CSV's digest sums are kept (cutover.digest_memo); None: not kept
 
     @property
     def snapshot(self) -> Path:
@@ -98,7 +99,7 @@ def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
 
 def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, rejects_dir: Path,
               batch_bytes: int, mass_delete_threshold: float, allow_mass_delete: bool = False,
-              actor: str = "cutover", diff_index_mb: int = 64) -> SyncPlan:
+              actor: str = "cutover", diff_index_mb: int = 64, keep_csv_digests: bool = False) -> SyncPlan:
     run_id = uuid.uuid4()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return SyncPlan(
@@ -106,7 +107,8 @@ def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, r
         staging=merge.staging_name(spec.name, run_id.hex),
         rejects_file=Path(rejects_dir) / f"{spec.name}-{stamp}-{run_id.hex[:8]}.csv",
         batch_bytes=batch_bytes, mass_delete_threshold=mass_delete_threshold,
-        allow_mass_delete=allow_mass_delete, actor=actor, diff_index_bytes=diff_index_mb << 20)
+        allow_mass_delete=allow_mass_delete, actor=actor, diff_index_bytes=diff_index_mb << 20,
+        csv_digests=digest_memo.path_for(rejects_dir, spec.name) if keep_csv_digests else None)
 
 
 @dataclass(frozen=True)

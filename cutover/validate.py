@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cutover import csvscan, digest_memo, digest_parity, gx_runner, merge, parity, report, security_checks, state, suites, sync
+from cutover import csvscan, digest_parity, gx_runner, merge, parity, report, security_checks, state, suites, sync
 from cutover.db import Database
 from cutover.spec import TableSpec
 
@@ -55,7 +55,6 @@ class ValidationPlan:
     reports_dir: Path
     subject: str | None  # the agent the RLS probe acts as (default: the largest owner)
     started: float
-    csv_digests: Path | None = None  # where the CSV's digest sums are kept (None: never kept)
 
 
 def plan_validation(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path | None, *, rejects_dir: Path,
@@ -64,11 +63,10 @@ def plan_validation(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path
     staging = None
     if csv_path is not None and Path(csv_path).exists():
         staging = sync.plan_sync(spec, specs, csv_path, rejects_dir=rejects_dir, batch_bytes=batch_bytes,
-                                 mass_delete_threshold=1.0, actor=actor)
+                                 mass_delete_threshold=1.0, actor=actor, keep_csv_digests=keep_csv_digests)
     return ValidationPlan(spec=spec, specs=specs, report_id=report.new_report_id(spec.name), staging=staging,
                           suites_dir=Path(suites_dir), reports_dir=Path(reports_dir), subject=subject,
-                          started=time.time(),
-                          csv_digests=digest_memo.path_for(rejects_dir, spec.name) if keep_csv_digests else None)
+                          started=time.time())
 
 
 def snapshot(db: Database, plan: ValidationPlan) -> state.TableState:
@@ -214,7 +212,7 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
         suspects, counts, _ = db.run(
             lambda conn: digest_parity.first_pass(conn, stg, fscan, workers, csv_after=gx_runner.wait_warm,
-                                                  memo=plan.csv_digests),
+                                                  memo=stg.csv_digests),
             what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
         return None
@@ -283,7 +281,7 @@ def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict
         fscan = begin_staging(db, plan)
         with _alive(db, plan):
             result, counts = db.run(
-                lambda conn: digest_parity.compare(conn, stg, fscan, workers, memo=plan.csv_digests),
+                lambda conn: digest_parity.compare(conn, stg, fscan, workers, memo=stg.csv_digests),
                 what=f"parity of {plan.spec.name}", snapshot=True)
 
         def end(conn) -> None:

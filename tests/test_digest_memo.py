@@ -130,3 +130,115 @@ def test_a_validation_recalls_what_parity_kept(db, settings, specs, no_csv_read)
     rep = validation.validate_table(db, _plan(settings, specs), workers=1)
     assert rep.passed and validation.SOURCE_IS_TARGET in rep.notes
     assert (rep.parity["source_rows"], rep.parity["target_rows"]) == (10, 10)
+
+
+# --- carried over by a diff sync ---------------------------------------------------------------
+
+def _sync_file(db, settings, specs, path, batch_bytes=2048):
+    plan = engine.plan_sync(specs["leads"], specs, path, rejects_dir=settings.rejects_dir, batch_bytes=batch_bytes,
+                            mass_delete_threshold=1.0, keep_csv_digests=True)
+    return engine.run_sync(db, plan, workers=2)
+
+
+def _parity_of(db, settings, specs, path, keep=True):
+    plan = validation.plan_validation(specs["leads"], specs, path, rejects_dir=settings.rejects_dir,
+                                      batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
+                                      reports_dir=settings.reports_dir, keep_csv_digests=keep)
+    return validation.parity_only(db, plan, workers=1)
+
+
+def _read_sums(settings, specs, path):
+    """The sums and counts a full read of the file gives."""
+    plan = engine.plan_sync(specs["leads"], specs, path, rejects_dir=settings.rejects_dir,
+                            batch_bytes=settings.batch_bytes, mass_delete_threshold=1.0)
+    fscan = engine.scan(plan)
+    try:
+        sums, counts = digest_parity.csv_sums(plan, fscan, workers=1)
+        return fscan.sha256, sums, dataclasses.asdict(counts)
+    finally:
+        engine.drop_snapshot(plan)
+
+
+def _carried(settings, specs, path):
+    sha, sums, counts = _read_sums(settings, specs, path)
+    kept = digest_memo.recall(digest_memo.path_for(settings.rejects_dir, "leads"), sha,
+                              digest_memo.rules(specs["leads"]))
+    assert kept is not None, "the sync kept no digests for the new file"
+    for field in ("rows", "x0", "x1", "untrusted"):
+        assert np.array_equal(getattr(kept[0], field), getattr(sums, field)), field
+    assert kept[1] == counts
+    return counts
+
+
+def _replace(path, rows, **kw):
+    """Write ``rows`` over ``path`` by rename, as writers do (the baseline is a link to the old file)."""
+    write_csv(path.with_suffix(".tmp"), rows, **kw).replace(path)
+    return path
+
+
+def _edited(rows, seed):
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        roll = rng.random()
+        if roll < 0.05:
+            continue
+        r = dict(r)
+        if roll < 0.15:
+            r[rng.choice(["city", "notes", "budget", "phone", "created_at", "status"])] = rng.choice(
+                [None, "", "2025-01-01T00:00:00Z", "x", "12.5", "12.345", "lost", "Ω", "a\nb", "a\x1fb"])
+        out.append(r)
+    out += [lead(5000 + i) for i in range(rng.randint(0, 15))]
+    rng.shuffle(out)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_diff_sync_carries_the_digests_over_exactly(db, settings, specs, tmp_path, seed, caplog):
+    caplog.set_level("INFO", logger="cutover.delta")
+    rows = [lead(i, notes="multi\nline" if i % 7 == 0 else None) for i in range(200)]
+    path = write_csv(tmp_path / "leads.csv", rows)
+    _sync_file(db, settings, specs, path)
+    assert _parity_of(db, settings, specs, path)["passed"]  # the baseline's digests, kept
+    edited = _edited(rows, seed)
+    if seed == 3:
+        edited[4] = {**edited[4], "notes": "a NUL \x00 inside"}
+    _replace(path, edited)
+    if seed == 3:  # a blank line and a ragged record among the changes
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(path.read_bytes() + b'\n"a","b"\n')
+        tmp.replace(path)
+    assert _sync_file(db, settings, specs, path, batch_bytes=[2048, 4096, 8192, 1 << 20][seed]).method == "diff", caplog.messages
+    counts = _carried(settings, specs, path)
+    assert counts["read"] > counts["loaded"] or seed != 3
+    # what the next comparison recalls is what a read would find, whatever the table holds
+    assert _parity_of(db, settings, specs, path) == _parity_of(db, settings, specs, path, keep=False)
+
+
+def test_a_diff_by_fields_carries_them_over_too(db, settings, specs, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cutover.delta")
+    rows = [lead(i) for i in range(150)]
+    path = write_csv(tmp_path / "leads.csv", rows)
+    _sync_file(db, settings, specs, path)
+    _parity_of(db, settings, specs, path)
+    _replace(path, _edited(rows, 11), newline="\r\n")  # the header's line end differs: fields at once
+    assert _sync_file(db, settings, specs, path).method == "diff"
+    assert any("diffing by fields" in m for m in caplog.messages)
+    _carried(settings, specs, path)
+
+
+def test_nothing_is_carried_from_a_baseline_holding_the_separator(db, settings, specs, tmp_path):
+    rows = [lead(i) for i in range(50)]
+    rows[3] = lead(3, notes="a\x1fb")  # its bucket is compared row by row, whatever its sums
+    path = write_csv(tmp_path / "leads.csv", rows)
+    _sync_file(db, settings, specs, path)
+    _parity_of(db, settings, specs, path)
+    rows[3] = lead(3)  # gone from the file: the bucket's flag could not be cleared
+    _replace(path, rows)
+    assert _sync_file(db, settings, specs, path).method == "diff"
+    sha = _read_sums(settings, specs, path)[0]
+    assert digest_memo.recall(digest_memo.path_for(settings.rejects_dir, "leads"), sha,
+                              digest_memo.rules(specs["leads"])) is None
+    assert _parity_of(db, settings, specs, path)["passed"]
