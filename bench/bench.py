@@ -10,10 +10,8 @@ embedded PostgreSQL of ``.cutover/bench``, and times, each ``--repeat`` times (m
 - parity: ``cutover parity`` (exact, every row and column), the CSV's digests not kept from before;
 - parity_warm: the same again, the CSV's digests kept by the run before (``cutover.digest_memo``);
 - gate: ``cutover validate`` (suites on both sides, parity, security, the report), digests not kept;
-- gate_warm: the same again, its digests kept;
-- parity_after_churn: ``cutover parity`` of the churn copy right after its sync, which carried the
-  digests kept for the file before over to it (``cutover.delta``).
-The targets are the cold steps'; the others show what a comparison costs when the CSV's side is kept.
+- gate_warm: the same again, its digests kept.
+The targets are the cold steps'; the warm ones show what comparing the same file again costs.
 
 Every step is a whole process (start-up included, as an operator runs it); its peak RSS is the
 process's own ``ru_maxrss`` (``wait4``), forked from a minimal launcher (``cutover.measure``). Ratios
@@ -33,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TARGETS = {"first_load": 1.00, "resync_churn": 0.35, "resync_nochange": 0.25, "parity": 0.5, "gate": 1.5,
-           "parity_warm": None, "gate_warm": None, "parity_after_churn": None}
+           "parity_warm": None, "gate_warm": None}
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -75,8 +73,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
-    ap.add_argument("--steps", default="first_load,resync_churn,resync_nochange,parity,parity_warm,gate,gate_warm,"
-                                       "parity_after_churn")
+    ap.add_argument("--steps", default="first_load,resync_churn,resync_nochange,parity,parity_warm,gate,gate_warm")
     args = ap.parse_args()
     steps = args.steps.split(",")
 
@@ -144,9 +141,6 @@ def main() -> None:
         if "resync_churn" in steps:
             results["resync_churn"].append(
                 _run([*cutover, "sync", "--table", "leads", "--csv", str(churn), "--json"], env)[:2])
-            if "parity_after_churn" in steps:
-                results["parity_after_churn"].append(
-                    _run([*cutover, "parity", "--table", "leads", "--csv", str(churn), "--json"], env)[:2])
 
     baseline = statistics.median(s for s, _ in results["baseline"])
     report = {"rows": args.rows, "file_mb": round(base.stat().st_size / 1e6, 1), "baseline_s": round(baseline, 3),

@@ -114,8 +114,7 @@ def sync(
             return plan_sync(
                 spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
                 batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
-                allow_mass_delete=allow_mass_delete, actor="cli", diff_index_mb=settings.diff_index_mb,
-                keep_csv_digests=settings.keep_csv_digests)
+                allow_mass_delete=allow_mass_delete, actor="cli", diff_index_mb=settings.diff_index_mb)
 
         plan = plan_it()
         if not plan.csv_path.exists():

@@ -13,14 +13,8 @@ as written (``by="bytes"``): nothing is parsed but the changed records. A file w
 format (other quoting, line ends or header) has few records equal byte for byte although their fields
 are, so the diff then compares parsed fields (``by="fields"``: both files parsed), chosen up front when
 the header's bytes differ, or after the first batches. Memory: 16 bytes a baseline record plus the
-batches in flight; the baseline's records that are gone are read again (cut out and typed) for their
-keys. A baseline whose index would pass ``SyncPlan.diff_index_bytes`` is not indexed: memory stays
-bounded.
-
-A sync that keeps the CSV's digest sums (``SyncPlan.csv_digests``, ``cutover.digest_memo``) carries
-the baseline's kept sums over to the new file: less the gone records', plus the changed records' —
-both typed here anyway — which is what reading the whole new file would sum. So a comparison right
-after the sync reads only the table.
+batches in flight; the baseline's keys are read again only for the records that are gone. A baseline
+whose index would pass ``SyncPlan.diff_index_bytes`` is not indexed: memory stays bounded.
 
 Whatever would make the diff's outcome differ from the full load's sends the sync down the staged
 path (``load_changes`` returns None) before anything is applied: no usable baseline, a write since
@@ -36,7 +30,7 @@ import io
 import logging
 import secrets
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +40,9 @@ import numpy as np
 import polars as pl
 import psycopg
 
-from cutover import batches, commit, csvscan, digest_memo, digests, merge, state
+from cutover import batches, commit, csvscan, merge, state
 from cutover.baseline import Baseline
+from cutover.coerce import column_rule
 from cutover.db import Database
 from cutover.errors import CutoverError
 from cutover.pipeline import in_order
@@ -198,57 +193,28 @@ def _ambiguous(words: np.ndarray, h2: np.ndarray) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class Gone:
-    """The baseline records the new file no longer has."""
-
-    keys: bytes  # typed, CSV, one a line
-    sums: digests.Sums | None  # their digest sums, when asked for
-
-
-def _chunks(records: Iterator[tuple[bytes, np.ndarray]], rows: int) -> Iterator[list[tuple[bytes, np.ndarray]]]:
-    """Consecutive runs of ``records`` (text, lines) holding about ``rows`` records each."""
-    chunk, held = [], 0
-    for part in records:
-        chunk.append(part)
-        held += len(part[1])
-        if held >= rows:
-            yield chunk
-            chunk, held = [], 0
-    if chunk:
-        yield chunk
-
-
-def gone_records(base: Baseline, plan: SyncPlan, ordinals: np.ndarray, per_batch: list[int], *,
-                 summed: bool = False) -> Gone | None:
-    """The baseline records at ``ordinals`` (sorted), typed: their keys and, with ``summed``, their digest
-    sums. Only the batches holding one are read, one at a time (beside the merge, which keeps the
-    database busy), and only those records parsed, together (``TYPE_ROWS`` at a time). None if one is
-    not the record its merge loaded (it no longer types): then this is not that merge's file."""
-    pk = plan.spec.primary_key
-    header = csvscan.Header(names=base.names, data_start=0, data_line=2)
+def gone_keys(base: Baseline, plan: SyncPlan, ordinals: np.ndarray, per_batch: list[int],
+              workers: int) -> bytes | None:
+    """The typed keys (CSV, one a line) of the baseline records at ``ordinals`` (sorted); only the batches
+    holding one are read, and only their key column is parsed."""
+    pk = plan.spec.column(plan.spec.primary_key)
+    column = base.names.index(pk.name)
     starts = np.concatenate(([0], np.cumsum(per_batch)))
     owner = np.searchsorted(starts, ordinals, side="right") - 1
 
-    def cut(i: int) -> tuple[bytes, np.ndarray]:
-        buf = _baseline_bytes(base, i)
-        idx = csvscan.index_records(buf, 1, base.path, count_fields=False)
-        which = _record_rows(idx)[ordinals[owner == i] - starts[i]]
-        return batches.cut(buf, idx, which), idx.lines[which]
+    def keys(i: int) -> pl.Series:
+        local = ordinals[owner == i] - starts[i]
+        return _baseline_batch(base, i, [column]).to_series()[local].alias(pk.name)
 
-    keys, sums = [pl.Series(pk, [], pl.String)], digests.Sums.empty()
-    for chunk in _chunks((cut(i) for i in np.unique(owner).tolist()), TYPE_ROWS):
-        cut_rows = sum(len(lines) for _, lines in chunk)
-        rb = batches.read_cut(plan, header, b"".join(t for t, _ in chunk), np.concatenate([n for _, n in chunk]))
-        rows, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul, instants=summed)
-        if rejects.height or rows.height != cut_rows:
-            return None
-        keys.append(rows[pk])
-        if summed:
-            digests.source_sums(rows, plan.spec, into=sums)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cutover-baseline") as pool:
+        raw = pl.concat(list(pool.map(keys, np.unique(owner).tolist())) or [pl.Series(pk.name, [], pl.String)])
+    value, reason = column_rule(pk)
+    typed = pl.DataFrame(raw).select(value.alias("key"), reason.alias("why"))
+    if typed["why"].is_not_null().any():  # the merge loaded it, so its key was valid: not this baseline
+        return None
     out = io.BytesIO()
-    pl.DataFrame(pl.concat(keys)).write_csv(out, include_header=False, quote_style="non_numeric")
-    return Gone(out.getvalue(), sums if summed else None)
+    typed.select("key").write_csv(out, include_header=False, quote_style="non_numeric")
+    return out.getvalue()
 
 
 class _NeedsFullLoad(Exception):
@@ -340,8 +306,6 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
     base, (index, per_batch) = indexing.base, indexed
     seen = np.zeros(len(index), dtype=bool)
     read = unchanged = 0
-    carried = _kept_for_baseline(plan, base)
-    added, typed_rows, typing_rejects = digests.Sums.empty(), 0, 0  # the changed records'
 
     def diff(batch: csvscan.Batch):
         """(batch, records, baseline ordinals found, the changed records: CSV text and what types it)."""
@@ -375,18 +339,13 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
 
         def type_pending() -> None:
             # typed together: typing costs ~20 ms a call whatever the rows, more than a batch's few changed ones
-            nonlocal pending_rows, typed_rows, typing_rejects
+            nonlocal pending_rows
             if not pending:
                 return
             rb = read_pending()
             pending.clear()
             pending_rows = 0
-            typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul,
-                                               instants=carried is not None)
-            typed_rows, typing_rejects = typed_rows + typed.height, typing_rejects + rejects.height
-            if carried is not None:
-                digests.source_sums(typed, spec, into=added)
-                typed = typed.select(*spec.column_names, "_line")
+            typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul)
             rows_spool.write(batches.csv_bytes(typed))
             rejects_spool.write(batches.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
 
@@ -422,40 +381,11 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
 
         # the gone records' keys are read from the baseline while the merge stages the changed ones
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-gone") as reader:
-            keys = reader.submit(gone_records, base, plan, gone, per_batch, summed=carried is not None)
+            keys = reader.submit(gone_keys, base, plan, gone, per_batch, workers)
             result = db.run(step, what=f"merge {spec.name}'s changes")
     if result is not None:
         commit.keep_baseline(plan, fscan, result.read)
-        if carried is not None:
-            _carry_digests(plan, fscan, carried, keys.result().sums, added, read=read,
-                           loaded=unchanged + typed_rows, rejected=typing_rejects)
     return result
-
-
-def _kept_for_baseline(plan: SyncPlan, base: Baseline) -> tuple[digests.Sums, str] | None:
-    """The baseline's kept digest sums and the rules they hold under, when the sync keeps digests and
-    can carry them over to the new file: not when a baseline text holds the separator (its bucket's
-    flag could not be cleared when the record goes)."""
-    if plan.csv_digests is None:
-        return None
-    rules = digest_memo.rules(plan.spec)
-    kept = digest_memo.recall(plan.csv_digests, base.sha256, rules)
-    if kept is None or kept[1]["rejected"] or kept[0].untrusted.any():
-        return None
-    return kept[0], rules
-
-
-def _carry_digests(plan: SyncPlan, fscan: csvscan.FileScan, carried: tuple[digests.Sums, str], gone: digests.Sums,
-                   added: digests.Sums, *, read: int, loaded: int, rejected: int) -> None:
-    """Keep the new file's digest sums: the baseline's, less the gone records', plus the changed ones'
-    — what reading the whole new file would sum (the unchanged records are the baseline's, byte for
-    byte or field for field), so that a comparison after this sync need not read it."""
-    kept, rules = carried
-    sums = digests.Sums.combine([kept.less(gone), added])
-    if sums.total != loaded or (sums.rows < 0).any():  # the diff's counts disagree: keep nothing
-        log.warning("%s: the digests carried over do not add up; none kept", plan.spec.name)
-        return
-    digest_memo.keep(plan.csv_digests, fscan.sha256, rules, sums, read=read, loaded=loaded, rejected=rejected)
 
 
 def _copy(cur: psycopg.Cursor, statement, spool) -> None:
@@ -468,7 +398,7 @@ def _copy(cur: psycopg.Cursor, statement, spool) -> None:
 def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
            started: float, rows_spool, rejects_spool, keys: Future, *, read: int, unchanged: int,
            baseline_rows: int) -> SyncResult:
-    """``keys``: the future of ``gone_records``, awaited only once the staged rows need them."""
+    """``keys``: the future of ``gone_keys``, awaited only once the staged rows need them."""
     spec, stg, params = plan.spec, plan.staging, {"run": plan.run_id}
     with conn.cursor() as cur:
         _copy(cur, merge.copy_into_staging(spec, stg), rows_spool)
@@ -485,7 +415,7 @@ def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, cu
     with conn.cursor() as cur:
         cur.execute(merge.create_gone(spec))
         with cur.copy(merge.copy_into_gone(spec)) as cp:
-            cp.write(gone.keys)
+            cp.write(gone)
     if conn.execute(merge.diff_collides(spec, stg), params).fetchone()[0]:
         raise _NeedsFullLoad
     loaded = unchanged + conn.execute(merge.count_staged(stg)).fetchone()[0]

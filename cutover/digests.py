@@ -66,22 +66,6 @@ class Sums:
     def total(self) -> int:
         return int(self.rows.sum())
 
-    @classmethod
-    def combine(cls, parts) -> Sums:
-        """The sums of the union of the (multi)sets of rows ``parts`` sum."""
-        total = cls.empty()
-        for part in parts:  # in place: the arrays are the frozen dataclass's own
-            total.rows[:] += part.rows
-            total.x0[:] ^= part.x0
-            total.x1[:] ^= part.x1
-            total.untrusted[:] |= part.untrusted
-        return total
-
-    def less(self, part: Sums) -> Sums:
-        """The sums of these rows without those of ``part`` (a sub-multiset of them). The flags stay:
-        which of the rows left hold the separator, they cannot tell."""
-        return Sums(self.rows - part.rows, self.x0 ^ part.x0, self.x1 ^ part.x1, self.untrusted.copy())
-
     def add(self, frame: pl.DataFrame) -> None:
         """Fold in a frame of (bucket, rows, x0, x1[, untrusted]) with one row per bucket."""
         at = frame["bucket"].to_numpy()

@@ -68,8 +68,7 @@ def run_sync(settings: Settings, db: Database, specs: dict[str, TableSpec], tabl
         return None
     plan = sync.plan_sync(specs[table], specs, csv_path, rejects_dir=settings.rejects_dir,
                           batch_bytes=settings.batch_bytes, mass_delete_threshold=settings.mass_delete_threshold,
-                          actor=actor, diff_index_mb=settings.diff_index_mb,
-                          keep_csv_digests=settings.keep_csv_digests)
+                          actor=actor, diff_index_mb=settings.diff_index_mb)
     return sync.run_sync(db, plan, workers=settings.workers)
 
 

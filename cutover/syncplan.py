@@ -39,7 +39,7 @@ class SyncPlan:
     allow_mass_delete: bool
     actor: str
     diff_index_bytes: int = 64 << 20  # see Settings.diff_index_mb
-    csv_digests: Path | None = None  # where the CSV's digest sums are kept (cutover.digest_memo); None: not kept
+    csv_digests: Path | None = None  # a validation's: where the CSV's digest sums are kept (cutover.digest_memo)
 
     @property
     def snapshot(self) -> Path:

@@ -60,8 +60,7 @@ def plan_sync(table: str, csv: str | None = None, allow_mass_delete: bool = Fals
     return core.plan_sync(specs[table], specs, Path(csv) if csv else settings.csv_path(table),
                           rejects_dir=settings.rejects_dir, batch_bytes=settings.batch_bytes,
                           mass_delete_threshold=settings.mass_delete_threshold,
-                          allow_mass_delete=allow_mass_delete, actor=actor, diff_index_mb=settings.diff_index_mb,
-                          keep_csv_digests=settings.keep_csv_digests)
+                          allow_mass_delete=allow_mass_delete, actor=actor, diff_index_mb=settings.diff_index_mb)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient_failure)
