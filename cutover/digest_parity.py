@@ -9,9 +9,9 @@ two different sets of rows share a 128-bit MD5 XOR (``cutover.digests``).
 2. Buckets whose sums agree hold the same rows on both sides. The others (``digests.suspects``) are
    compared row by row: a second read of the file stages only their rows, and ``parity.compare``
    runs on those buckets alone. A file with rejects takes that second read too, which records them.
-So a file that matches its table costs one read of each and sends nothing but bucket sums. Given a
-``memo`` path, the CSV's sums are kept for its bytes (``cutover.digest_memo``): the same file compared
-again is not read at all — the table always is.
+So a file that matches its table costs one read of each and sends nothing but bucket sums. When the
+plan says where (``SyncPlan.csv_digests``), the CSV's sums are kept for its bytes
+(``cutover.digest_memo``): the same file compared again is not read at all — the table always is.
 
 Concurrency: everything that reads the table — its sums, the staging of step 2 and the comparison —
 runs in ONE repeatable-read transaction, so the table is compared as of one instant even while the
@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -59,18 +58,19 @@ def csv_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[dig
     return sums, SourceCounts(read, loaded, rejected)
 
 
-def kept_sums(plan: SyncPlan, fscan: csvscan.FileScan, memo: Path) -> tuple[digests.Sums, SourceCounts] | None:
+def kept_sums(plan: SyncPlan, fscan: csvscan.FileScan) -> tuple[digests.Sums, SourceCounts] | None:
     """The CSV's sums and counts as kept for these bytes under today's rules, or None."""
-    kept = digest_memo.recall(memo, fscan.sha256, digest_memo.rules(plan.spec))
+    if plan.csv_digests is None:
+        return None
+    kept = digest_memo.recall(plan.csv_digests, fscan.sha256, digest_memo.rules(plan.spec))
     return None if kept is None else (kept[0], SourceCounts(**kept[1]))
 
 
-def read_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int,
-              memo: Path | None) -> tuple[digests.Sums, SourceCounts]:
-    """``csv_sums``, kept for these bytes at ``memo`` (if not None)."""
+def read_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
+    """``csv_sums``, kept for these bytes when the plan keeps them."""
     sums, counts = csv_sums(plan, fscan, workers)
-    if memo is not None:
-        digest_memo.keep(memo, fscan.sha256, digest_memo.rules(plan.spec), sums, read=counts.read,
+    if plan.csv_digests is not None:
+        digest_memo.keep(plan.csv_digests, fscan.sha256, digest_memo.rules(plan.spec), sums, read=counts.read,
                          loaded=counts.loaded, rejected=counts.rejected)
     return sums, counts
 
@@ -100,20 +100,18 @@ def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = Tr
 
 
 def first_pass(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, workers: int, *,
-               csv_after: Callable[[], None] | None = None,
-               memo: Path | None = None) -> tuple[np.ndarray, SourceCounts, int]:
+               csv_after: Callable[[], None] | None = None) -> tuple[np.ndarray, SourceCounts, int]:
     """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
     table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's.
     The table is summed from the start; the CSV once ``csv_after`` returns (a caller busy with
     Python-bound work — an import — lets the database work alone first, in one server process, so
-    that the two share the cores). ``memo``: where the CSV's sums are kept for its bytes (None: read
-    the file, keep nothing)."""
-    kept = kept_sums(plan, fscan, memo) if memo is not None else None
+    that the two share the cores). The CSV is not read when its sums are kept (``kept_sums``)."""
+    kept = kept_sums(plan, fscan)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
         table = side.submit(target_sums, conn, plan, parallel=csv_after is None)
         if kept is None and csv_after is not None:
             csv_after()
-        source, counts = kept or read_sums(plan, fscan, workers, memo)
+        source, counts = kept or read_sums(plan, fscan, workers)
         target = table.result()
     return digests.suspects(source, target), counts, target.total
 
@@ -123,12 +121,11 @@ def exact(counts: SourceCounts, target_rows: int) -> parity.Parity:
                          extra_in_target=0, changed=0, rejected_in_source=0)
 
 
-def compare(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, workers: int, *,
-            memo: Path | None = None) -> tuple[parity.Parity, SourceCounts]:
+def compare(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan,
+            workers: int) -> tuple[parity.Parity, SourceCounts]:
     """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``) and its table, in ``conn``'s
-    transaction, which must be repeatable read (``Database.run(..., snapshot=True)``). ``memo``: see
-    ``first_pass``."""
-    suspects, counts, target_rows = first_pass(conn, plan, fscan, workers, memo=memo)
+    transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""
+    suspects, counts, target_rows = first_pass(conn, plan, fscan, workers)
     if not len(suspects) and not counts.rejected:
         return exact(counts, target_rows), counts
     stage_suspects(conn, plan, fscan, suspects, workers)

@@ -211,8 +211,7 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
     with _alive(db, plan):
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
         suspects, counts, _ = db.run(
-            lambda conn: digest_parity.first_pass(conn, stg, fscan, workers, csv_after=gx_runner.wait_warm,
-                                                  memo=stg.csv_digests),
+            lambda conn: digest_parity.first_pass(conn, stg, fscan, workers, csv_after=gx_runner.wait_warm),
             what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
         return None
@@ -280,9 +279,8 @@ def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict
     try:
         fscan = begin_staging(db, plan)
         with _alive(db, plan):
-            result, counts = db.run(
-                lambda conn: digest_parity.compare(conn, stg, fscan, workers, memo=stg.csv_digests),
-                what=f"parity of {plan.spec.name}", snapshot=True)
+            result, counts = db.run(lambda conn: digest_parity.compare(conn, stg, fscan, workers),
+                                    what=f"parity of {plan.spec.name}", snapshot=True)
 
         def end(conn) -> None:
             _record_source(conn, plan, fscan, counts)
