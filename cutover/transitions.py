@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from cutover import archive, backup, baseline, ddl, gate, phases, report, state
+from cutover import archive, backup, baseline, ddl, digest_memo, gate, phases, report, state
 from cutover.csvstore import CsvStore
 from cutover.db import Database
 from cutover.errors import ConcurrentChange, CutoverError
@@ -199,8 +199,9 @@ def execute(ctx: Context, plan: phases.TransitionPlan, runner: Runner, *, actor:
                 uploaded = archive.upload(Path(archived).parent / manifest.archive, Path(archived), ctx.settings)
             with CsvStore(ctx.csv_path, ctx.spec).locked():
                 ctx.csv_path.unlink(missing_ok=True)
-            if ctx.settings is not None:  # the last synced copy of the CSV goes with it
+            if ctx.settings is not None:  # the last synced copy of the CSV goes with it, and its kept digests
                 baseline.discard(plan.table, ctx.settings.rejects_dir)
+                digest_memo.forget(digest_memo.path_for(ctx.settings.rejects_dir, plan.table))
         elif isinstance(step, phases.CheckParity):
             after = runner.validate(plan.table)
         else:

@@ -11,7 +11,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from cutover import operate, phases
+from cutover import baseline, digest_memo, operate, phases
 from cutover.app import repositories
 from cutover.errors import ConcurrentChange, CutoverError, GateRefused, PhaseError
 from cutover.state import TableState
@@ -104,8 +104,11 @@ def test_the_whole_way_forward_and_back_without_losing_a_write(table, db, settin
             conn.execute("update public.leads set notes = 'direct' where id = %s", (lead(0)["id"],))
 
         # promoted → deprecated: backup, gate, archive with manifest, CSV removed
+        kept_digests = digest_memo.path_for(settings.rejects_dir, "leads")
+        assert kept_digests.exists()  # kept by the gates' validations
         deprecated = _advance(db, settings, specs, reason="done with the CSV")
         assert deprecated.to_phase == "deprecated" and not settings.csv_path("leads").exists()
+        assert not kept_digests.exists() and baseline.find("leads", settings.rejects_dir) is None  # gone with it
         manifest = json.loads(open(deprecated.archive).read())
         assert manifest["rows"] == 8 and manifest["report_ids"] and manifest["phase_history"]
         with pytest.raises(PhaseError):
