@@ -76,9 +76,9 @@ def test_a_torn_or_foreign_file_reads_as_nothing_kept(tmp_path):
 
 def test_the_rules_name_the_spec(specs):
     spec = specs["leads"]
-    first = spec.columns[6]
-    other = dataclasses.replace(spec, columns=(*spec.columns[:6], dataclasses.replace(first, nullable=not first.nullable),
-                                               *spec.columns[7:]))
+    column = spec.columns[6]
+    flipped = dataclasses.replace(column, nullable=not column.nullable)
+    other = dataclasses.replace(spec, columns=(*spec.columns[:6], flipped, *spec.columns[7:]))
     assert digest_memo.rules(spec) == digest_memo.rules(spec)
     assert digest_memo.rules(spec) != digest_memo.rules(other)
 
