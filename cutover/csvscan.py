@@ -308,8 +308,7 @@ def index_records(buf: bytes, first_line: int, path: Path, *, count_fields: bool
 def _count_fields(a: np.ndarray, quotes: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """Commas outside quotes, plus one, per record (records are never empty: each has its line end)."""
     records = len(starts)
-    is_comma = a == COMMA
-    commas = np.flatnonzero(is_comma)
+    commas = np.flatnonzero(a == COMMA)
     if len(quotes) > 2 * records or not len(a):  # quotes everywhere: which commas lie outside them, one by one
         commas = commas[(np.searchsorted(quotes, commas) & 1) == 0]
         return 1 + np.bincount(np.searchsorted(stops, commas, side="right"), minlength=records)[:records]

@@ -20,6 +20,7 @@ reader sees a whole file, old or new; two comparisons of different files leave e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ def path_for(registry: Path, table: str) -> Path:
     return Path(registry) / f".{table}.csv-digests.npz"
 
 
+@functools.cache  # a process's modules and libraries do not change: read their bytes once per spec
 def rules(spec: TableSpec) -> str:
     """What a CSV's sums depend on besides its bytes (see the module docstring)."""
     import polars
