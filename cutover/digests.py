@@ -3,7 +3,7 @@
 Contract: ``source_sums`` (polars, over typed batches) and ``target_sql`` (one PostgreSQL query) give
 the same sums for the same rows. Both sides write each row in one canonical text and digest it with
 MD5, the one digest both have (PostgreSQL's ``md5``, the ``polars-hash`` plugin's), so the value
-never depends on a polars version; nothing is stored.
+never depends on a polars version; no row's digest is stored (``cutover.digest_memo`` may keep a file's sums).
 
 The canonical text is the row's non-NULL fields joined by U+001F, then a bitmask of its NULL columns:
 - uuid: lower-case hyphenated hex, as PostgreSQL prints it;
