@@ -7,21 +7,25 @@ parents' data), and that merge rejected nothing — a record of the new file equ
 and staged; the baseline's records the new file no longer has give the keys to delete. The outcome is
 the full load's: the same rows, the same rejects with the same lines and reasons, the same counts.
 
-Records are compared by two polars hashes (100 bits kept) with seeds drawn for this run and never
-stored (polars' hashes change between versions): see ``BaselineIndex``. They hash each record's bytes
-as written (``by="bytes"``): nothing is parsed but the changed records. A file written over in another
-format (other quoting, line ends or header) has few records equal byte for byte although their fields
-are, so the diff then compares parsed fields (``by="fields"``: both files parsed), chosen up front when
-the header's bytes differ, or after the first batches. Memory: 16 bytes a baseline record plus the
-batches in flight; the baseline's keys are read again only for the records that are gone. A baseline
-whose index would pass ``SyncPlan.diff_index_bytes`` is not indexed: memory stays bounded.
+Records are compared by two 64-bit polars hashes with seeds drawn for this run and never stored
+(polars' hashes change between versions). They hash each record's bytes as written (``by="bytes"``):
+nothing is parsed but the changed records. A file written over in another format (other quoting, line
+ends or header) has few records equal byte for byte although their fields are, so the diff then
+compares parsed fields (``by="fields"``: both files parsed), chosen up front when the header's bytes
+differ, or once most records are found changed.
+
+Memory does not grow with the files (``cutover.record_match``): the baseline's records are hashed and
+spilled to a temporary file while the new file is scanned, then the new file's; the two are matched a
+part of the hash space at a time, as many parts as ``SyncPlan.diff_index_bytes`` needs, and each part's
+changed records are read back from the file by their byte ranges, and its gone records' keys from the
+baseline. A sync whose match would need more than ``record_match.MAX_PARTS`` parts takes the staged path.
 
 Whatever would make the diff's outcome differ from the full load's sends the sync down the staged
 path (``load_changes`` returns None) before anything is applied: no usable baseline, a write since
 the merge, rejects in it, one record twice in the new file, or a changed or rejected row whose key an
-unchanged row has — or more than half the records changed so far (``MOSTLY_CHANGED``: a rewrite loads
-faster in parallel batches). Concurrency is the staged path's: one transaction under the table's lock,
-merged only if the table's version is still the one the run began with.
+unchanged row has — or more than half the records changed (``MOSTLY_CHANGED``, judged a part at a
+time: a rewrite loads faster in parallel batches). Concurrency is the staged path's: one transaction
+under the table's lock, merged only if the table's version is still the one the run began with.
 """
 
 from __future__ import annotations
@@ -34,13 +38,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal, NamedTuple
 
 import numpy as np
 import polars as pl
 import psycopg
 
-from cutover import batches, commit, csvscan, merge, state
+from cutover import batches, commit, csvscan, merge, record_match, state
 from cutover.baseline import Baseline
 from cutover.coerce import column_rule
 from cutover.db import Database
@@ -51,61 +55,10 @@ from cutover.unchanged import still_merged
 
 
 log = logging.getLogger("cutover.delta")
-TYPE_ROWS = 50_000  # changed rows typed at a time
-INDEX_BYTES_PER_RECORD = 16  # BaselineIndex: a sorted word and a second hash
-MOSTLY_CHANGED = 0.5  # past this share of changed records (from the second batch on), the diff gives up
-
-
-ORDINAL_BITS = 28  # a baseline of up to 268M records
-_ORDINAL = np.uint64((1 << ORDINAL_BITS) - 1)
-_PREFIX = ~_ORDINAL
-MAX_SHARED = 4  # records whose hashes share a prefix (at 10M records, 5 do once in ~10^10 runs: then no diff)
+TYPE_ROWS = 20_000  # changed rows typed at a time (typing 50,000 at once costs ~70 MB more)
+MOSTLY_CHANGED = 0.5  # past this share of changed records (a file of two batches or more), the diff gives up
+JUDGE_AFTER = 10_000  # records matched before that share is judged (or all of them: a smaller file)
 Matching = Literal["bytes", "fields"]  # what makes a record of the new file equal to a baseline record
-
-
-@dataclass(frozen=True)
-class BaselineIndex:
-    """Every baseline record as one 64-bit word, sorted in place: the top 36 bits of a first hash over the
-    record's ordinal (its position in the file), plus a second 64-bit hash by ordinal — 16 bytes a
-    record and no temporary copy, so a 10M-record baseline costs 160 MB. A record of the new file is
-    found by binary search (sorted queries, walking the index in order) and confirmed by both hashes:
-    100 bits, so at 10M records the chance that a changed record passes for an unchanged one is below
-    1e-17 per run."""
-
-    words: np.ndarray  # uint64, sorted: prefix | ordinal
-    h2: np.ndarray  # uint64, by ordinal
-    seeds: tuple[int, int]
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def positions(self, raw: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(which rows of ``raw`` are baseline records, the ordinals of those records)."""
-        return self.lookup(*record_hashes(raw, self.seeds))
-
-    def lookup(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self.words)
-        same = np.zeros(len(h1), dtype=bool)
-        ordinal = np.zeros(len(h1), dtype=np.int64)
-        if not n:
-            return same, ordinal[:0]
-        prefix = h1 & _PREFIX
-        order = np.argsort(prefix)
-        at = np.empty(len(h1), dtype=np.int64)
-        at[order] = np.searchsorted(self.words, prefix[order])
-        todo = np.arange(len(h1))
-        for _ in range(MAX_SHARED):  # records sharing a prefix sit side by side: look at the next one
-            todo, at = todo[at < n], at[at < n]
-            word = self.words[at]
-            shared = (word & _PREFIX) == prefix[todo]
-            todo, at, word = todo[shared], at[shared], word[shared]
-            hit = self.h2[word & _ORDINAL] == h2[todo]
-            same[todo[hit]] = True
-            ordinal[todo[hit]] = (word[hit] & _ORDINAL).astype(np.int64)
-            todo, at = todo[~hit], at[~hit] + 1
-            if not len(todo):
-                break
-        return same, ordinal[same]
 
 
 def record_hashes(raw: pl.DataFrame, seeds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,80 +87,53 @@ def _baseline_bytes(base: Baseline, i: int) -> bytes:
         return f.read(end - start)
 
 
-def _baseline_batch(base: Baseline, i: int, columns: list[int] | None = None) -> pl.DataFrame:
-    buf = _baseline_bytes(base, i)
-    if columns is not None:
-        return pl.read_csv(io.BytesIO(buf), has_header=False, columns=columns, infer_schema=False, quote_char='"')
-    return pl.read_csv(io.BytesIO(buf), has_header=False, new_columns=list(base.names),
-                       schema={n: pl.String for n in base.names}, quote_char='"')
-
-
-def index_baseline(base: Baseline, plan: SyncPlan, workers: int,
-                   by: Matching) -> tuple[BaselineIndex, list[int]] | None:
-    """The baseline's index and its records per batch; None if it does not hold ``base.rows`` distinct
-    records (or holds too many for the index)."""
-    seeds = (secrets.randbits(63), secrets.randbits(63))
+def spill_baseline(base: Baseline, plan: SyncPlan, workers: int, by: Matching, seeds: tuple[int, int],
+                   parts: int) -> record_match.Spill | None:
+    """The baseline's records, hashed and spilled by part; None if it does not hold ``base.rows``
+    records, each parsed as the merge did."""
     names = list(plan.spec.column_names)
-    if base.rows >= 1 << ORDINAL_BITS:
-        return None
-    words = np.empty(base.rows, dtype=np.uint64)
-    h2 = np.empty(base.rows, dtype=np.uint64)
-    per_batch: list[int] = []
 
-    def hashes(i: int) -> tuple[np.ndarray, np.ndarray]:
-        if by == "fields":
-            return record_hashes(_baseline_batch(base, i).select(names), seeds)
+    def hashes(i: int) -> np.ndarray | None:
         buf = _baseline_bytes(base, i)
-        idx = csvscan.index_records(buf, 1, base.path, count_fields=False)
-        return byte_hashes(buf, idx, _record_rows(idx), seeds)
+        idx = csvscan.index_records(buf, 1, base.path, count_fields=by == "fields")
+        rows = _record_rows(idx)
+        if by == "fields":
+            if (idx.fields[rows] != len(base.names)).any():
+                return None  # ragged: not a file the merge loaded in full
+            data = buf if len(rows) == len(idx) else batches.cut(buf, idx, rows)  # without blank lines
+            raw = pl.read_csv(io.BytesIO(data), has_header=False, new_columns=list(base.names),
+                              schema={n: pl.String for n in base.names}, quote_char='"')
+            if raw.height != len(rows):
+                return None
+            h1, h2 = record_hashes(raw.select(names), seeds)
+        else:
+            h1, h2 = byte_hashes(buf, idx, rows, seeds)
+        at = base.batches[i][0]
+        return record_match.base_rows(h1, h2, at + idx.starts[rows], at + idx.stops[rows])
 
-    filled = 0
-    for first, second in in_order(hashes, list(range(len(base.batches))), workers):
-        if filled + len(first) > base.rows:  # more records than the merge read: not this baseline
+    spill = record_match.Spill(record_match.BASE, parts)
+    for rows in in_order(hashes, list(range(len(base.batches))), workers):
+        if rows is None or spill.records + len(rows) > base.rows:  # more records than the merge read
+            spill.close()
             return None
-        words[filled:filled + len(first)] = (first & _PREFIX) | np.arange(filled, filled + len(first),
-                                                                          dtype=np.uint64)
-        h2[filled:filled + len(first)] = second
-        filled += len(first)
-        per_batch.append(len(first))
-    if filled != base.rows:  # blank lines or a ragged record: the merge did not load every record
+        spill.add(rows)
+    if spill.records != base.rows:  # blank lines or a ragged record: the merge did not load every record
+        spill.close()
         return None
-    words.sort()
-    if _ambiguous(words, h2):
-        return None
-    return BaselineIndex(words=words, h2=h2, seeds=seeds), per_batch
+    return spill
 
 
-def _ambiguous(words: np.ndarray, h2: np.ndarray) -> bool:
-    """Two equal records (the merge would have rejected both), or more than ``MAX_SHARED`` sharing a
-    prefix; checked a slice at a time, so no temporary the size of the index."""
-    span, step = MAX_SHARED, 1 << 20  # records i and i + span alike: span + 1 share a prefix
-    for lo in range(0, max(0, len(words) - 1), step):
-        w = words[lo:lo + step + span]
-        prefix = w & _PREFIX
-        pair = np.flatnonzero(prefix[1:] == prefix[:-1])
-        if (h2[w[pair] & _ORDINAL] == h2[w[pair + 1] & _ORDINAL]).any():
-            return True
-        if len(prefix) > span and (prefix[span:] == prefix[:-span]).any():
-            return True
-    return False
-
-
-def gone_keys(base: Baseline, plan: SyncPlan, ordinals: np.ndarray, per_batch: list[int],
-              workers: int) -> bytes | None:
-    """The typed keys (CSV, one a line) of the baseline records at ``ordinals`` (sorted); only the batches
-    holding one are read, and only their key column is parsed."""
+def gone_keys(base: Baseline, plan: SyncPlan, gone: np.ndarray) -> bytes | None:
+    """The typed keys (CSV, one a line) of the baseline records ``gone`` (byte ranges, sorted); only
+    those records are read, and only their key column parsed."""
     pk = plan.spec.column(plan.spec.primary_key)
-    column = base.names.index(pk.name)
-    starts = np.concatenate(([0], np.cumsum(per_batch)))
-    owner = np.searchsorted(starts, ordinals, side="right") - 1
-
-    def keys(i: int) -> pl.Series:
-        local = ordinals[owner == i] - starts[i]
-        return _baseline_batch(base, i, [column]).to_series()[local].alias(pk.name)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cutover-baseline") as pool:
-        raw = pl.concat(list(pool.map(keys, np.unique(owner).tolist())) or [pl.Series(pk.name, [], pl.String)])
+    if not len(gone):
+        return b""
+    text = record_match.read_records(base.path, gone)
+    raw = pl.read_csv(io.BytesIO(text), has_header=False, columns=[base.names.index(pk.name)],
+                      infer_schema=False, quote_char='"').to_series().alias(pk.name)
+    if len(raw) != len(gone):
+        return None
     value, reason = column_rule(pk)
     typed = pl.DataFrame(raw).select(value.alias("key"), reason.alias("why"))
     if typed["why"].is_not_null().any():  # the merge loaded it, so its key was valid: not this baseline
@@ -231,17 +157,20 @@ def _eligible(conn: psycopg.Connection, plan: SyncPlan, base: Baseline) -> state
 
 @dataclass(frozen=True)
 class Indexing:
-    """A baseline being indexed in the background (while the new file is scanned)."""
+    """A baseline being hashed and spilled in the background (while the new file is scanned)."""
 
     base: Baseline
     by: Matching
-    index: Future  # of index_baseline's result
+    seeds: tuple[int, int]  # drawn for this run, never stored (polars' hashes change between versions)
+    parts: int
+    spill: Future  # of spill_baseline's result
 
 
-def _index_in_background(base: Baseline, plan: SyncPlan, workers: int, by: Matching) -> Indexing:
+def _index_in_background(base: Baseline, plan: SyncPlan, workers: int, by: Matching, parts: int) -> Indexing:
+    seeds = (secrets.randbits(63), secrets.randbits(63))
     runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-baseline")
     try:
-        return Indexing(base, by, runner.submit(index_baseline, base, plan, workers, by))
+        return Indexing(base, by, seeds, parts, runner.submit(spill_baseline, base, plan, workers, by, seeds, parts))
     finally:
         runner.shutdown(wait=False)  # the thread ends with its one task
 
@@ -259,16 +188,21 @@ def _same_header(path: Path, base: Baseline) -> bool:
 
 
 def start_indexing(db: Database, plan: SyncPlan, base: Baseline | None, workers: int) -> Indexing | None:
-    """Begin indexing the table's baseline if the table still holds exactly its rows and the index
-    fits in ``plan.diff_index_bytes``; None if not."""
-    if base is not None and base.rows * INDEX_BYTES_PER_RECORD > plan.diff_index_bytes:
-        log.info("%s: no diff: indexing %d rows takes more than the %d MB allowed (CUTOVER_DIFF_INDEX_MB)",
-                 plan.spec.name, base.rows, plan.diff_index_bytes >> 20)
+    """Begin hashing the table's baseline if the table still holds exactly its rows and the match fits
+    ``plan.diff_index_bytes`` in at most ``record_match.MAX_PARTS`` parts; None if not."""
+    if base is None:
         return None
-    if base is None or db.run(lambda conn: _eligible(conn, plan, base),
-                              what=f"check {plan.spec.name}'s baseline") is None:
+    # the new file's records are matched beside the baseline's: up to twice as many before the diff gives up
+    parts = record_match.parts_for(3 * base.rows, plan.diff_index_bytes // max(1, workers)) \
+        if plan.diff_index_bytes else None
+    if parts is None:
+        log.info("%s: no diff: matching %d rows in %d MB (CUTOVER_DIFF_INDEX_MB) takes more than %d parts",
+                 plan.spec.name, base.rows, plan.diff_index_bytes >> 20, record_match.MAX_PARTS)
         return None
-    return _index_in_background(base, plan, workers, "bytes" if _same_header(plan.csv_path, base) else "fields")
+    if db.run(lambda conn: _eligible(conn, plan, base), what=f"check {plan.spec.name}'s baseline") is None:
+        return None
+    by: Matching = "bytes" if _same_header(plan.csv_path, base) else "fields"
+    return _index_in_background(base, plan, workers, by, parts)
 
 
 class _Reformatted(Exception):
@@ -284,108 +218,138 @@ def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing
     if indexing is None:
         return None
     if indexing.by == "bytes" and not _same_header(plan.snapshot, indexing.base):  # replaced since the check
-        indexing = _index_in_background(indexing.base, plan, workers, "fields")
+        indexing = _index_in_background(indexing.base, plan, workers, "fields", indexing.parts)
     try:
         return _load_changes(db, plan, fscan, indexing, base_version, started, workers=workers, on_batch=on_batch)
     except _Reformatted:
         log.info("%s: most records were re-written in another format: diffing by fields", plan.spec.name)
         if on_restart:
             on_restart()
-        return _load_changes(db, plan, fscan, _index_in_background(indexing.base, plan, workers, "fields"),
+        return _load_changes(db, plan, fscan, _index_in_background(indexing.base, plan, workers, "fields",
+                                                                   indexing.parts),
                              base_version, started, workers=workers, on_batch=on_batch)
 
 
 def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, base_version: int,
                   started: float, *, workers: int,
                   on_batch: Callable[[BatchResult], None] | None) -> SyncResult | None:
-    spec = plan.spec
-    indexed = indexing.index.result()
-    if indexed is None:
+    base_spill = indexing.spill.result()
+    if base_spill is None:
         return None
-    log.info("%s: diffing by %s against the baseline", spec.name, indexing.by)
-    base, (index, per_batch) = indexing.base, indexed
-    seen = np.zeros(len(index), dtype=bool)
-    read = unchanged = 0
-
-    def diff(batch: csvscan.Batch):
-        """(batch, records, baseline ordinals found, the changed records: CSV text and what types it)."""
-        if indexing.by == "fields":
-            raw, lines, ragged, n, _, _ = batches.read_raw(plan, fscan.header, batch)
-            same, pos = index.positions(raw)
-            changed = raw.filter(pl.Series(~same)).with_columns(lines.filter(pl.Series(~same)))
-            # as CSV text: a filtered frame would keep its whole batch's strings alive until typed
-            return batch, n, pos, (batches.csv_bytes(changed), ragged), changed.height + ragged.height
-        buf = batches.read_bytes(plan, batch)
-        idx = batches.index_batch(plan, buf, batch.first_line, count_fields=False)
-        rows = _record_rows(idx)
-        same, pos = index.lookup(*byte_hashes(buf, idx, rows, index.seeds))
-        changed = rows[~same]  # parsed later, together: polars' fixed cost a call dwarfs a batch's few records
-        return batch, len(rows), pos, (batches.cut(buf, idx, changed), idx.lines[changed]), len(changed)
-
-    with tempfile.TemporaryFile() as rows_spool, tempfile.TemporaryFile() as rejects_spool:
-        pending: list[tuple[bytes, object]] = []
-        pending_rows = 0
-        schema = {**{c: pl.String for c in spec.column_names}, "_line": pl.Int64}
-
-        def read_pending() -> batches.RawBatch:
-            text = b"".join(t for t, _ in pending)
-            if indexing.by == "bytes":
-                return batches.read_cut(plan, fscan.header, text, np.concatenate([lines for _, lines in pending]))
-            raw = (pl.read_csv(io.BytesIO(text), has_header=False, new_columns=list(schema), schema=schema,
-                               quote_char='"') if text else pl.DataFrame(schema=schema))
-            ragged = pl.concat([ragged for _, ragged in pending])
-            return batches.RawBatch(raw.drop("_line"), raw["_line"], ragged, raw.height + ragged.height, None,
-                                    b"\x00" in text)
-
-        def type_pending() -> None:
-            # typed together: typing costs ~20 ms a call whatever the rows, more than a batch's few changed ones
-            nonlocal pending_rows
-            if not pending:
-                return
-            rb = read_pending()
-            pending.clear()
-            pending_rows = 0
-            typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul)
-            rows_spool.write(batches.csv_bytes(typed))
-            rejects_spool.write(batches.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
-
-        for batch, n, pos, part, n_changed in in_order(diff, list(fscan.batches), workers):
-            seen[pos] = True
-            read, unchanged = read + n, unchanged + len(pos)
-            pending.append(part)
-            pending_rows += n_changed
-            if batch.index >= 1 and read - unchanged > MOSTLY_CHANGED * read:
-                if indexing.by == "bytes":
-                    raise _Reformatted
-                return None  # a rewrite, not a change: the staged path loads it in parallel batches
-            if pending_rows >= TYPE_ROWS:
-                type_pending()
-            if on_batch:  # progress: the changed records are staged, or rejected, when typed (later)
-                on_batch(BatchResult(batch.index, n, 0, 0, batch.end - batch.start))
-        type_pending()
-        if np.count_nonzero(seen) != unchanged:
-            return None  # a record twice in the file: the full load rejects its key on both lines
-        gone = np.flatnonzero(~seen)
-        del seen
-
-        def step(conn: psycopg.Connection) -> SyncResult | None:
-            current = commit.lock_for_merge(conn, plan, base_version)
-            if _eligible(conn, plan, base) is None:  # written since the check: the table is not the baseline
+    log.info("%s: diffing by %s against the baseline (%d parts)", plan.spec.name, indexing.by, indexing.parts)
+    new_spill = record_match.Spill(record_match.NEW, indexing.parts)
+    try:
+        with tempfile.TemporaryFile() as rows_spool, tempfile.TemporaryFile() as rejects_spool, \
+                tempfile.TemporaryFile() as gone_spool:
+            for batch, rows in in_order(lambda b: (b, _hash_batch(plan, fscan, indexing, b)), fscan.batches, workers):
+                new_spill.add(rows)
+                if on_batch:  # progress: the changed records are staged, or rejected, when typed (later)
+                    on_batch(BatchResult(batch.index, len(rows), 0, 0, batch.end - batch.start))
+            spools = _Spools(rows_spool, rejects_spool, gone_spool)
+            counts = _match(plan, fscan, indexing, base_spill, new_spill, spools, workers)
+            if counts is None:
                 return None
-            try:
-                with conn.transaction():  # a savepoint: a diff the full load must redo leaves no trace
-                    return _merge(conn, plan, fscan, current, started, rows_spool, rejects_spool, keys,
-                                  read=read, unchanged=unchanged, baseline_rows=len(index))
-            except _NeedsFullLoad:
-                return None
+            read, unchanged = counts
 
-        # the gone records' keys are read from the baseline while the merge stages the changed ones
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-gone") as reader:
-            keys = reader.submit(gone_keys, base, plan, gone, per_batch, workers)
-            result = db.run(step, what=f"merge {spec.name}'s changes")
+            def step(conn: psycopg.Connection) -> SyncResult | None:
+                current = commit.lock_for_merge(conn, plan, base_version)
+                if _eligible(conn, plan, indexing.base) is None:  # written since the check: not the baseline
+                    return None
+                try:
+                    with conn.transaction():  # a savepoint: a diff the full load must redo leaves no trace
+                        return _merge(conn, plan, fscan, current, started, spools, read=read, unchanged=unchanged,
+                                      baseline_rows=base_spill.records)
+                except _NeedsFullLoad:
+                    return None
+
+            result = db.run(step, what=f"merge {plan.spec.name}'s changes")
+    finally:
+        new_spill.close()
+        base_spill.close()
     if result is not None:
         commit.keep_baseline(plan, fscan, result.read)
     return result
+
+
+def _hash_batch(plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, batch: csvscan.Batch) -> np.ndarray:
+    """The batch's records (not blank lines) as ``record_match.NEW`` rows."""
+    buf = batches.read_bytes(plan, batch)
+    if indexing.by == "bytes":
+        idx = batches.index_batch(plan, buf, batch.first_line, count_fields=False)
+        rows = _record_rows(idx)
+        h1, h2 = byte_hashes(buf, idx, rows, indexing.seeds)
+        ragged = None
+    else:  # parsed as the full load parses it: a ragged record is a reject, never equal to a baseline one
+        idx = batches.index_batch(plan, buf, batch.first_line)
+        rows = _record_rows(idx)
+        good = idx.fields[rows] == len(fscan.header.names)
+        h1, h2 = np.zeros(len(rows), np.uint64), np.zeros(len(rows), np.uint64)
+        h1[good], h2[good] = record_hashes(batches.as_strings(plan, fscan.header, buf, idx).raw, indexing.seeds)
+        ragged = ~good
+    return record_match.new_rows(h1, h2, batch.start + idx.starts[rows], batch.start + idx.stops[rows],
+                                 idx.lines[rows], ragged)
+
+
+class _Spools(NamedTuple):
+    rows: IO[bytes]  # the changed records, typed (CSV for COPY into staging)
+    rejects: IO[bytes]  # their rejects (CSV for COPY into cutover.rejects)
+    gone: IO[bytes]  # the typed keys of the baseline's records the file no longer has
+
+
+def _match(plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, base_spill: record_match.Spill,
+           new_spill: record_match.Spill, spools: _Spools, workers: int) -> tuple[int, int] | None:
+    """Match the two files a part at a time, type the changed records into ``spools`` and write the gone
+    records' keys; (records read, unchanged ones), or None when the staged path must judge the file."""
+    read = new_spill.records
+    several = len(fscan.batches) >= 2  # a rewrite, not a change: the staged path loads it in parallel batches
+    if several and read - base_spill.records > MOSTLY_CHANGED * read:  # even were every baseline record kept
+        return _rewritten(indexing)
+    pending: list[tuple[bytes, np.ndarray]] = []
+    pending_rows = 0
+
+    def type_pending() -> None:
+        # typed together: typing costs ~20 ms a call whatever the rows, more than a part's few changed ones
+        nonlocal pending_rows
+        if not pending:
+            return
+        rb = batches.read_cut(plan, fscan.header, b"".join(t for t, _ in pending),
+                              np.concatenate([lines for _, lines in pending]))
+        pending.clear()
+        pending_rows = 0
+        typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul)
+        spools.rows.write(batches.csv_bytes(typed))
+        spools.rejects.write(batches.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
+
+    def match(p: int):
+        matched = record_match.match_part(base_spill.part(p), new_spill.part(p))
+        if matched is None:  # a record twice in a file: the full load rejects its key on both lines
+            return None
+        keys = gone_keys(indexing.base, plan, matched.gone)
+        changed = record_match.read_records(plan.snapshot, matched.changed)
+        return matched.records, matched.unchanged, changed, matched.changed["line"], keys
+
+    seen = unchanged = 0
+    for outcome in in_order(match, range(indexing.parts), workers):
+        if outcome is None or outcome[4] is None:
+            return None
+        records, same, changed, lines, keys = outcome
+        seen, unchanged = seen + records, unchanged + same
+        # each part samples the whole file: judged once the sample is big enough to be sure, or complete
+        if several and (seen >= JUDGE_AFTER or seen == read) and seen - unchanged > MOSTLY_CHANGED * seen:
+            return _rewritten(indexing)
+        spools.gone.write(keys)
+        pending.append((changed, lines))
+        pending_rows += records - same
+        if pending_rows >= TYPE_ROWS:
+            type_pending()
+    type_pending()
+    return read, unchanged
+
+
+def _rewritten(indexing: Indexing) -> None:
+    if indexing.by == "bytes":
+        raise _Reformatted
+    return None
 
 
 def _copy(cur: psycopg.Cursor, statement, spool) -> None:
@@ -396,13 +360,11 @@ def _copy(cur: psycopg.Cursor, statement, spool) -> None:
 
 
 def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, current: state.TableState,
-           started: float, rows_spool, rejects_spool, keys: Future, *, read: int, unchanged: int,
-           baseline_rows: int) -> SyncResult:
-    """``keys``: the future of ``gone_keys``, awaited only once the staged rows need them."""
+           started: float, spools: _Spools, *, read: int, unchanged: int, baseline_rows: int) -> SyncResult:
     spec, stg, params = plan.spec, plan.staging, {"run": plan.run_id}
     with conn.cursor() as cur:
-        _copy(cur, merge.copy_into_staging(spec, stg), rows_spool)
-        _copy(cur, merge.COPY_REJECTS, rejects_spool)
+        _copy(cur, merge.copy_into_staging(spec, stg), spools.rows)
+        _copy(cur, merge.COPY_REJECTS, spools.rejects)
     conn.execute(merge.analyze_join_keys(spec, stg))
     # the diff touches few keys of a big table: cost index probes as the SSDs and caches they run on do
     # (PostgreSQL's default, 4x a sequential read, has the merge hash-join the whole table instead)
@@ -410,12 +372,9 @@ def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, cu
     conn.execute(merge.reject_duplicates(spec, stg), params)
     for stmt in merge.reject_orphans(spec, stg, plan.specs):
         conn.execute(stmt, params)
-    if (gone := keys.result()) is None:
-        raise _NeedsFullLoad
     with conn.cursor() as cur:
         cur.execute(merge.create_gone(spec))
-        with cur.copy(merge.copy_into_gone(spec)) as cp:
-            cp.write(gone)
+        _copy(cur, merge.copy_into_gone(spec), spools.gone)
     if conn.execute(merge.diff_collides(spec, stg), params).fetchone()[0]:
         raise _NeedsFullLoad
     loaded = unchanged + conn.execute(merge.count_staged(stg)).fetchone()[0]

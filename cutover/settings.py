@@ -47,9 +47,9 @@ class Settings(BaseSettings):
     # ~15k leads rows: a batch in flight costs ~10x its size in memory, and a few are in flight at once
     # (300 MB peak RSS at any file size); flows on big workers may raise it to map fewer tasks
     batch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
-    # The diff sync's index of the last merged file costs 16 bytes a row; past this many MB (4M rows,
-    # which keeps the process near 300 MB) a re-sync takes the staged path, whose memory does not grow
-    # with the file. 0: never diff.
+    # Memory the diff sync may spend matching the new file's records with the last merged file's, shared
+    # by the workers: the records are spilled to disk and matched in as many parts as this needs
+    # (cutover.record_match), so memory does not grow with the file. 0: never diff.
     diff_index_mb: int = Field(default=64, ge=0)
     # Keep the CSV's side of a digest comparison (parity, validate) for its exact bytes, so that the
     # same file compared again is not re-read (cutover.digest_memo). The table is always read.

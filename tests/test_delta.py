@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 
+import numpy as np
 import pytest
 
 from cutover import baseline
@@ -83,7 +84,7 @@ def test_changes_deletes_and_inserts_match_the_staged_path(db, settings, specs, 
 
 
 def _matched_by(caplog) -> list[str]:
-    return [m.split("diffing by ")[1].split()[0] for m in caplog.messages if m.endswith("against the baseline")]
+    return [m.split("diffing by ")[1].split()[0] for m in caplog.messages if "against the baseline" in m]
 
 
 def test_a_file_from_the_same_writer_is_diffed_by_bytes(db, settings, specs, sql, tmp_path, caplog):
@@ -240,9 +241,14 @@ def test_a_parents_change_means_no_diff_for_its_children(db, settings, specs, sq
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_random_edits_match_the_staged_path(db, settings, specs, sql, tmp_path, seed):
+def test_random_edits_match_the_staged_path(db, settings, specs, sql, tmp_path, seed, monkeypatch, caplog):
+    from cutover import record_match
+
+    caplog.set_level("INFO", logger="cutover.delta")
     rng = random.Random(seed)
     rows = [lead(i, notes=rng.choice(EDGE_TEXT + [None])) for i in range(rng.randint(1, 300))]
+    parts = [1, 2, 5, 9, 17, 33][seed]  # matched in this many parts of a 1 MB budget (two workers: 512 KB each)
+    monkeypatch.setattr(record_match, "MATCH_BYTES", (parts - 1) * (1 << 19) // (3 * len(rows)) + 1)
     old = write_csv(tmp_path / "old.csv", rows)
     new_rows = []
     for r in rows:
@@ -256,9 +262,10 @@ def test_random_edits_match_the_staged_path(db, settings, specs, sql, tmp_path, 
     new_rows += [lead(5000 + i, budget=rng.choice(["1", "2.999", None])) for i in range(rng.randint(0, 20))]
     rng.shuffle(new_rows)
     new = (_write_plain if seed % 2 else write_csv)(tmp_path / "new.csv", new_rows)
-    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new,
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new, diff_index_mb=1,
                                        batch_bytes=rng.choice([512, 4096, 1 << 20]), allow_mass_delete=True)
     assert diffed == staged
+    assert f"({parts} parts)" in caplog.text
 
 
 def test_the_baseline_is_one_per_table_and_goes_with_a_path_change(db, settings, specs, sql, tmp_path):
@@ -275,33 +282,70 @@ def test_the_baseline_is_one_per_table_and_goes_with_a_path_change(db, settings,
     assert [p.name for p in (tmp_path / "b").iterdir() if ".snapshot" in p.name] == []
 
 
-def test_the_index_finds_records_that_share_a_hash_prefix_and_refuses_ambiguity():
-    import numpy as np
+def _records(rng, n, first=0):
+    from cutover import record_match
 
-    from cutover.delta import _ORDINAL, _PREFIX, MAX_SHARED, BaselineIndex, _ambiguous
+    h = rng.integers(0, 2**64, (2, n), dtype=np.uint64)
+    at = np.arange(first, first + n, dtype=np.int64) * 10
+    return record_match.base_rows(h[0], h[1], at, at + 10)
 
-    rng = np.random.default_rng(7)
-    h1 = rng.integers(0, 2**63, 1000, dtype=np.uint64)
-    h2 = rng.integers(0, 2**63, 1000, dtype=np.uint64)
-    h1[10:10 + MAX_SHARED] = h1[10] | np.arange(MAX_SHARED, dtype=np.uint64)  # same prefix, other low bits
-    words = (h1 & _PREFIX) | np.arange(1000, dtype=np.uint64)
-    words.sort()
-    assert not _ambiguous(words, h2)
-    index = BaselineIndex(words=words, h2=h2, seeds=(1, 2))
-    same, ordinals = index.lookup(h1, h2)
-    assert same.all() and (ordinals == np.arange(1000)).all()  # each record finds itself, prefix or not
-    other = h2.copy()
-    other[11] ^= np.uint64(1)  # a changed record whose first hash matches: the second tells them apart
-    same, _ = index.lookup(h1, other)
-    assert np.flatnonzero(~same).tolist() == [11]
-    assert not index.lookup(h1 ^ np.uint64(1 << 40), h2)[0].any()  # unknown records
 
-    crowded = words.copy()
-    crowded[:MAX_SHARED + 1] = (crowded[0] & _PREFIX) | (crowded[:MAX_SHARED + 1] & _ORDINAL)
-    crowded.sort()
-    assert _ambiguous(crowded, h2)  # more records share a prefix than a lookup checks: no diff
-    twins = h2.copy()
-    twins[words[1] & _ORDINAL] = twins[words[0] & _ORDINAL]
-    pair = words.copy()
-    pair[1] = (pair[0] & _PREFIX) | (pair[1] & _ORDINAL)
-    assert _ambiguous(np.sort(pair), twins)  # two equal records
+@pytest.mark.parametrize("parts", [1, 3, 16])
+def test_records_are_matched_by_both_hashes_in_any_number_of_parts(parts):
+    from cutover import record_match
+
+    rng = np.random.default_rng(parts)
+    base = _records(rng, 1000)
+    new = record_match.new_rows(base["h1"], base["h2"], base["start"] + 5, base["stop"] + 5, np.arange(1000) + 2)
+    new = new[rng.permutation(1000)][:900]  # 100 gone, the rest in another order
+    new["h2"][:10] ^= np.uint64(1)  # changed records whose first hash is a baseline record's
+    at = np.arange(20) * 7 + 90000
+    extra = record_match.new_rows(rng.integers(0, 2**64, 20, np.uint64), rng.integers(0, 2**64, 20, np.uint64),
+                                  at, at + 7, np.arange(20), np.arange(20) < 3)  # 20 new records, 3 ragged
+    missing = sorted(set(base["start"].tolist()) - set((new["start"] - 5).tolist()))[0] // 10
+    extra["h1"][0], extra["h2"][0] = base["h1"][missing], base["h2"][missing]  # ragged: never a match
+    base_spill, new_spill = record_match.Spill(record_match.BASE, parts), record_match.Spill(record_match.NEW, parts)
+    for chunk in np.array_split(base, 7):
+        base_spill.add(chunk)
+    for chunk in np.array_split(np.concatenate((new, extra)), 5):
+        new_spill.add(chunk)
+    outcomes = [record_match.match_part(base_spill.part(p), new_spill.part(p)) for p in range(parts)]
+    assert sum(o.records for o in outcomes) == 920 and sum(o.unchanged for o in outcomes) == 890
+    changed = np.concatenate([o.changed for o in outcomes])
+    assert sorted(changed["start"].tolist()) == sorted(new["start"][:10].tolist() + extra["start"].tolist())
+    assert all((np.diff(o.changed["start"]) > 0).all() and (np.diff(o.gone["start"]) > 0).all() for o in outcomes)
+    kept = set((new["start"][10:] - 5).tolist())
+    gone = np.concatenate([o.gone for o in outcomes])
+    assert sorted(gone["start"].tolist()) == sorted(set(base["start"].tolist()) - kept)
+    base_spill.close()
+    new_spill.close()
+
+
+def test_a_record_twice_on_either_side_is_not_matched():
+    from cutover import record_match
+
+    rng = np.random.default_rng(3)
+    base = _records(rng, 50)
+    new = record_match.new_rows(base["h1"], base["h2"], base["start"], base["stop"], np.arange(50))
+    assert record_match.match_part(base, new).unchanged == 50
+    twice = np.concatenate((new, new[:1]))
+    assert record_match.match_part(base, twice) is None  # a baseline record twice in the new file
+    assert record_match.match_part(np.concatenate((base, base[:1])), new) is None  # twice in the baseline
+    unknown = np.concatenate((new[1:], new[:1], new[:1]))
+    unknown["h1"][-2:] ^= np.uint64(1)  # the same new record twice, equal to no baseline record: two changed
+    outcome = record_match.match_part(base, unknown)
+    assert (outcome.unchanged, len(outcome.changed), len(outcome.gone)) == (49, 2, 1)
+    base["h1"][5] = base["h1"][6]  # two records sharing a first hash: told apart by the second
+    new = record_match.new_rows(base["h1"], base["h2"], base["start"], base["stop"], np.arange(50))
+    assert record_match.match_part(base, new[::-1].copy()).unchanged == 50
+
+
+def test_changed_records_are_read_back_by_their_byte_ranges(tmp_path):
+    from cutover import record_match
+
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"h\r\na,1\r\nb,2\nc,3\nd,4")
+    rows = record_match.base_rows(np.zeros(4, np.uint64), np.zeros(4, np.uint64), np.array([3, 8, 12, 16]),
+                                  np.array([8, 12, 16, 19]))
+    assert record_match.read_records(path, rows[[0, 2, 3]]) == b"a,1\r\nc,3\nd,4\n"
+    assert record_match.read_records(path, rows[:0]) == b""
