@@ -123,20 +123,20 @@ def spill_baseline(base: Baseline, plan: SyncPlan, workers: int, by: Matching, s
     return spill
 
 
-def gone_keys(base: Baseline, plan: SyncPlan, gone: np.ndarray) -> bytes | None:
-    """The typed keys (CSV, one a line) of the baseline records ``gone`` (byte ranges, sorted); only
-    those records are read, and only their key column parsed."""
-    pk = plan.spec.column(plan.spec.primary_key)
-    if not len(gone):
+def gone_keys(base: Baseline, plan: SyncPlan, text: bytes, records: int) -> bytes | None:
+    """The typed keys (CSV, one a line) of ``records`` baseline records (``text``: as
+    ``record_match.read_records`` read them); only their key column is parsed. None if one is not
+    a valid key (the merge loaded it, so it was: not this baseline)."""
+    if not records:
         return b""
-    text = record_match.read_records(base.path, gone)
+    pk = plan.spec.column(plan.spec.primary_key)
     raw = pl.read_csv(io.BytesIO(text), has_header=False, columns=[base.names.index(pk.name)],
                       infer_schema=False, quote_char='"').to_series().alias(pk.name)
-    if len(raw) != len(gone):
+    if len(raw) != records:
         return None
     value, reason = column_rule(pk)
     typed = pl.DataFrame(raw).select(value.alias("key"), reason.alias("why"))
-    if typed["why"].is_not_null().any():  # the merge loaded it, so its key was valid: not this baseline
+    if typed["why"].is_not_null().any():
         return None
     out = io.BytesIO()
     typed.select("key").write_csv(out, include_header=False, quote_style="non_numeric")
@@ -304,46 +304,51 @@ def _match(plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, base_spi
     several = len(fscan.batches) >= 2  # a rewrite, not a change: the staged path loads it in parallel batches
     if several and read - base_spill.records > MOSTLY_CHANGED * read:  # even were every baseline record kept
         return _rewritten(indexing)
-    pending: list[tuple[bytes, np.ndarray]] = []
-    pending_rows = 0
+    pending: list[tuple[bytes, np.ndarray]] = []  # changed records, not yet typed
+    gone: list[tuple[bytes, int]] = []  # gone records, their keys not yet parsed
 
     def type_pending() -> None:
         # typed together: typing costs ~20 ms a call whatever the rows, more than a part's few changed ones
-        nonlocal pending_rows
         if not pending:
             return
         rb = batches.read_cut(plan, fscan.header, b"".join(t for t, _ in pending),
                               np.concatenate([lines for _, lines in pending]))
         pending.clear()
-        pending_rows = 0
         typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul)
         spools.rows.write(batches.csv_bytes(typed))
         spools.rejects.write(batches.csv_bytes(rejects.select(pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
+
+    def write_gone() -> bool:
+        keys = gone_keys(indexing.base, plan, b"".join(t for t, _ in gone), sum(n for _, n in gone))
+        gone.clear()
+        if keys is not None:
+            spools.gone.write(keys)
+        return keys is not None
 
     def match(p: int):
         matched = record_match.match_part(base_spill.part(p), new_spill.part(p))
         if matched is None:  # a record twice in a file: the full load rejects its key on both lines
             return None
-        keys = gone_keys(indexing.base, plan, matched.gone)
-        changed = record_match.read_records(plan.snapshot, matched.changed)
-        return matched.records, matched.unchanged, changed, matched.changed["line"], keys
+        return (matched, record_match.read_records(plan.snapshot, matched.changed),
+                record_match.read_records(indexing.base.path, matched.gone))
 
     seen = unchanged = 0
     for outcome in in_order(match, range(indexing.parts), workers):
-        if outcome is None or outcome[4] is None:
+        if outcome is None:
             return None
-        records, same, changed, lines, keys = outcome
-        seen, unchanged = seen + records, unchanged + same
+        matched, changed, gone_text = outcome
+        seen, unchanged = seen + matched.records, unchanged + matched.unchanged
         # each part samples the whole file: judged once the sample is big enough to be sure, or complete
         if several and (seen >= JUDGE_AFTER or seen == read) and seen - unchanged > MOSTLY_CHANGED * seen:
             return _rewritten(indexing)
-        spools.gone.write(keys)
-        pending.append((changed, lines))
-        pending_rows += records - same
-        if pending_rows >= TYPE_ROWS:
+        pending.append((changed, matched.changed["line"]))
+        gone.append((gone_text, len(matched.gone)))
+        if sum(len(lines) for _, lines in pending) >= TYPE_ROWS:
             type_pending()
+        if sum(n for _, n in gone) >= TYPE_ROWS and not write_gone():
+            return None
     type_pending()
-    return read, unchanged
+    return (read, unchanged) if write_gone() else None
 
 
 def _rewritten(indexing: Indexing) -> None:
