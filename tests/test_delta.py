@@ -195,13 +195,19 @@ def test_no_diff_after_rejects_a_write_or_a_touched_baseline(db, settings, specs
     assert (result.method, result.deleted) == ("staged", 2)
 
 
-def test_a_baseline_whose_index_passes_the_memory_budget_is_not_diffed(db, settings, specs, tmp_path):
+def test_no_diff_without_a_memory_budget_or_past_the_parts_it_allows(db, settings, specs, tmp_path, monkeypatch):
+    from cutover import record_match
+
     rows = [lead(i) for i in range(50)]
     _sync(db, settings, specs, write_csv(tmp_path / "a.csv", rows))
     edited = write_csv(tmp_path / "b.csv", rows[:-1] + [lead(49, city="Paris")])
-    result = _sync(db, settings, specs, edited, diff_index_mb=0)  # 50 rows need 800 bytes: over a 0 MB budget
+    result = _sync(db, settings, specs, edited, diff_index_mb=0)  # 0: never diff
     assert (result.method, result.updated) == ("staged", 1)
+    monkeypatch.setattr(record_match, "MAX_PARTS", 2)  # 150 records at 4,000 bytes each: 2 parts of 512 KB
+    monkeypatch.setattr(record_match, "MATCH_BYTES", 4000)
     assert _sync(db, settings, specs, write_csv(tmp_path / "c.csv", rows), diff_index_mb=1).method == "diff"
+    monkeypatch.setattr(record_match, "MATCH_BYTES", 8000)  # 3 parts: more than allowed
+    assert _sync(db, settings, specs, edited, diff_index_mb=1).method == "staged"
 
 
 def test_diff_refuses_a_mass_delete_and_applies_nothing(db, settings, specs, sql, tmp_path):
