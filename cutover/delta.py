@@ -111,16 +111,29 @@ def spill_baseline(base: Baseline, plan: SyncPlan, workers: int, by: Matching, s
         at = base.batches[i][0]
         return record_match.base_rows(h1, h2, at + idx.starts[rows], at + idx.stops[rows])
 
-    spill = record_match.Spill(record_match.BASE, parts)
-    for rows in in_order(hashes, list(range(len(base.batches))), workers):
-        if rows is None or spill.records + len(rows) > base.rows:  # more records than the merge read
-            spill.close()
-            return None
-        spill.add(rows)
+    try:
+        spill = record_match.Spill(record_match.BASE, parts)
+    except OSError as exc:
+        return _no_room(plan, exc)
+    try:
+        for rows in in_order(hashes, list(range(len(base.batches))), workers):
+            if rows is None or spill.records + len(rows) > base.rows:  # more records than the merge read
+                spill.close()
+                return None
+            spill.add(rows)
+    except OSError as exc:
+        spill.close()
+        return _no_room(plan, exc)
     if spill.records != base.rows:  # blank lines or a ragged record: the merge did not load every record
         spill.close()
         return None
     return spill
+
+
+def _no_room(plan: SyncPlan, exc: OSError) -> None:
+    """A spill that cannot be written (a full temporary directory) or read: the staged path loads the file."""
+    log.warning("%s: no diff: %s (the staged path loads the whole file)", plan.spec.name, exc)
+    return None
 
 
 def gone_keys(base: Baseline, plan: SyncPlan, text: bytes, records: int) -> bytes | None:
@@ -237,16 +250,21 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
     if base_spill is None:
         return None
     log.info("%s: diffing by %s against the baseline (%d parts)", plan.spec.name, indexing.by, indexing.parts)
-    new_spill = record_match.Spill(record_match.NEW, indexing.parts)
+    new_spill = None
     try:
         with tempfile.TemporaryFile() as rows_spool, tempfile.TemporaryFile() as rejects_spool, \
                 tempfile.TemporaryFile() as gone_spool:
-            for batch, rows in in_order(lambda b: (b, _hash_batch(plan, fscan, indexing, b)), fscan.batches, workers):
-                new_spill.add(rows)
-                if on_batch:  # progress: the changed records are staged, or rejected, when typed (later)
-                    on_batch(BatchResult(batch.index, len(rows), 0, 0, batch.end - batch.start))
             spools = _Spools(rows_spool, rejects_spool, gone_spool)
-            counts = _match(plan, fscan, indexing, base_spill, new_spill, spools, workers)
+            try:
+                new_spill = record_match.Spill(record_match.NEW, indexing.parts)
+                for batch, rows in in_order(lambda b: (b, _hash_batch(plan, fscan, indexing, b)), fscan.batches,
+                                            workers):
+                    new_spill.add(rows)
+                    if on_batch:  # progress: the changed records are staged, or rejected, when typed (later)
+                        on_batch(BatchResult(batch.index, len(rows), 0, 0, batch.end - batch.start))
+                counts = _match(plan, fscan, indexing, base_spill, new_spill, spools, workers)
+            except OSError as exc:
+                return _no_room(plan, exc)
             if counts is None:
                 return None
             read, unchanged = counts
@@ -264,7 +282,8 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
 
             result = db.run(step, what=f"merge {plan.spec.name}'s changes")
     finally:
-        new_spill.close()
+        if new_spill is not None:
+            new_spill.close()
         base_spill.close()
     if result is not None:
         commit.keep_baseline(plan, fscan, result.read)

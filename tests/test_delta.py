@@ -210,6 +210,27 @@ def test_no_diff_without_a_memory_budget_or_past_the_parts_it_allows(db, setting
     assert _sync(db, settings, specs, edited, diff_index_mb=1).method == "staged"
 
 
+@pytest.mark.parametrize("side", ["baseline", "new file"])
+def test_a_spill_without_room_means_the_staged_path(db, settings, specs, sql, tmp_path, monkeypatch, caplog, side):
+    import errno
+
+    from cutover import record_match
+
+    rows = [lead(i) for i in range(60)]
+    old = write_csv(tmp_path / "old.csv", rows)
+    new = write_csv(tmp_path / "new.csv", rows[5:] + [lead(70), lead(3, city="Lyon")])
+    add = record_match.Spill.add
+
+    def full(self, batch):
+        if (self.dtype == record_match.BASE) == (side == "baseline"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        add(self, batch)
+
+    monkeypatch.setattr(record_match.Spill, "add", full)
+    diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new, expect="staged")
+    assert diffed == staged and "no diff: [Errno 28] No space left on device" in caplog.text
+
+
 def test_diff_refuses_a_mass_delete_and_applies_nothing(db, settings, specs, sql, tmp_path):
     rows = [lead(i) for i in range(100)]
     _sync(db, settings, specs, write_csv(tmp_path / "all.csv", rows))
