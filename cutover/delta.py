@@ -18,7 +18,8 @@ Memory does not grow with the files (``cutover.record_match``): the baseline's r
 spilled to a temporary file while the new file is scanned, then the new file's; the two are matched a
 part of the hash space at a time, as many parts as ``SyncPlan.diff_index_bytes`` needs, and each part's
 changed records are read back from the file by their byte ranges, and its gone records' keys from the
-baseline. A sync whose match would need more than ``record_match.MAX_PARTS`` parts takes the staged path.
+baseline. A sync whose match would need more than ``record_match.MAX_PARTS`` parts, or whose spill cannot
+be written (~75 bytes a record of the temporary directory), takes the staged path.
 
 Whatever would make the diff's outcome differ from the full load's sends the sync down the staged
 path (``load_changes`` returns None) before anything is applied: no usable baseline, a write since
