@@ -13,7 +13,9 @@ embedded PostgreSQL of ``.cutover/bench``, and times, each ``--repeat`` times (m
 - gate_warm: the same again, its digests kept.
 The targets are the cold steps'; the warm ones show what comparing the same file again costs.
 
-Every step is a whole process (start-up included, as an operator runs it); its peak RSS is the
+Before every step, untimed, the database is vacuumed, analyzed and checkpointed: autovacuum would
+otherwise vacuum a freshly loaded table in the middle of a later step. Every step is a whole process
+(start-up included, as an operator runs it); its peak RSS is the
 process's own ``ru_maxrss`` (``wait4``), forked from a minimal launcher (``cutover.measure``). Ratios
 are to the baseline's median. The table goes to stdout and the figures to ``bench/results.json``.
 """
@@ -108,6 +110,13 @@ def main() -> None:
         with psycopg.connect(uri, autocommit=True) as conn:
             conn.execute(query)
 
+    def settle() -> None:
+        # untimed, before every step: the vacuum and analyze that autovacuum would soon run on what the last
+        # step wrote (it started ~45 s after a 1M-row load and ran ~9 s, inside whichever step came then),
+        # and a checkpoint of its dirty buffers — so that no step pays for another's background work
+        sql("vacuum analyze")
+        sql("checkpoint")
+
     def reset() -> None:
         sql("drop table if exists public.approvals, public.leads cascade; drop schema if exists cutover cascade;"
             " drop schema if exists cutover_app cascade")
@@ -123,22 +132,27 @@ def main() -> None:
             " created_at timestamptz not null, updated_at timestamptz not null, first_name text not null,"
             " last_name text not null, email text not null, phone text, street text, city text, state text,"
             " zip text, budget numeric(12,2), status text not null, source text, notes text, agent_id uuid)")
+        settle()
         results["baseline"].append(_run([str(psql), uri, "-q", "-c", copy], env)[:2])
         sql("drop table bench_baseline")
+        settle()
         t = _run(sync_base, env)
         if "first_load" in steps:
             results["first_load"].append(t[:2])
         if "resync_nochange" in steps:
+            settle()
             results["resync_nochange"].append(_run(sync_base, env)[:2])
         for step, command in (("parity", "parity"), ("gate", "validate")):
             if {step, f"{step}_warm"}.isdisjoint(steps):
                 continue
             digest_memo.forget(kept_digests)  # cold: the CSV is read, and its digests kept for the warm run
             for name in (step, f"{step}_warm"):
+                settle()
                 measured = _run([*cutover, command, "--table", "leads", "--csv", str(base), "--json"], env)[:2]
                 if name in steps:
                     results[name].append(measured)
         if "resync_churn" in steps:
+            settle()
             results["resync_churn"].append(
                 _run([*cutover, "sync", "--table", "leads", "--csv", str(churn), "--json"], env)[:2])
 
