@@ -309,11 +309,11 @@ def test_the_baseline_is_one_per_table_and_goes_with_a_path_change(db, settings,
     assert [p.name for p in (tmp_path / "b").iterdir() if ".snapshot" in p.name] == []
 
 
-def _records(rng, n, first=0):
+def _records(rng, n):
     from cutover import record_match
 
     h = rng.integers(0, 2**64, (2, n), dtype=np.uint64)
-    at = np.arange(first, first + n, dtype=np.int64) * 10
+    at = np.arange(n, dtype=np.int64) * 10
     return record_match.base_rows(h[0], h[1], at, at + 10)
 
 
