@@ -152,7 +152,7 @@ def _progress(enabled: bool, path: Path):
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task(f"syncing {path.name}", total=None)
-        yield {"on_scan": lambda s: bar.update(task, total=s.size, completed=0),
+        yield {"on_scan": lambda size: bar.update(task, total=size, completed=0),
                "on_batch": lambda r: bar.advance(task, r.bytes)}
 
 

@@ -7,7 +7,8 @@ Two passes, both streaming with memory bounded by the batch size:
    about ``batch_bytes`` that start and end on a record boundary, and computes the file's sha256.
    Anything that makes the file as a whole unreadable — no header, a missing, unknown or repeated
    column, invalid UTF-8, a quote left open at end of file — is a ``StructuralError`` naming the
-   file, line and column.
+   file, line and column. ``ScanStream`` hands out each batch as soon as it is cut, so that a
+   consumer can work on the first batches while the scan reads the rest.
 2. ``index_records`` takes one batch's bytes and returns, vectorised with numpy, where each record
    starts and ends, its source line and (unless told not to) its field count — the facts a CSV
    parser hides (polars pads short rows and cannot say on which line a row began). A quote inside an unquoted field or
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,13 +150,15 @@ def _last_record_boundary(block: bytes, parity_at_end: int) -> int | None:
         pos = upto = nl
 
 
-def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileScan:
-    """Pass 1 (see module docstring)."""
+def scan_batches(path: Path, expected: tuple[str, ...], batch_bytes: int) -> Generator[Batch, None, FileScan]:
+    """Pass 1 as a stream: yields each batch as soon as the scan has passed its end, and returns the
+    ``FileScan`` once the whole file is read. A structural error is raised where the scan finds it —
+    possibly after batches were yielded, so a consumer applies nothing before the scan has returned."""
     path = Path(path)
     size = path.stat().st_size
     header = read_header(path, expected)
     digest = hashlib.sha256()
-    cuts: list[tuple[int, int, int]] = []  # (start, end, first_line)
+    batches: list[Batch] = []
     batch_start, batch_line = header.data_start, header.data_line
     quotes = newlines = 0  # counts over the bytes before the current block (data part only)
     carry = b""  # an unfinished UTF-8 sequence from the previous block
@@ -176,9 +180,10 @@ def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileSc
             block_quotes = int(np.count_nonzero(a == QUOTE))
             cut = _last_record_boundary(block, (quotes + block_quotes) & 1)
             if cut is not None and offset + cut - batch_start >= batch_bytes // 2:
-                cuts.append((batch_start, offset + cut, batch_line))
-                batch_start = offset + cut
-                batch_line = header.data_line + newlines + int(np.count_nonzero(a[:cut] == LF))
+                next_line = header.data_line + newlines + int(np.count_nonzero(a[:cut] == LF))
+                batches.append(Batch(len(batches), batch_start, offset + cut, batch_line, next_line))
+                yield batches[-1]
+                batch_start, batch_line = offset + cut, next_line
             quotes += block_quotes
             newlines += int(np.count_nonzero(a == LF))
             offset += len(block)
@@ -187,10 +192,81 @@ def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileSc
     if quotes & 1:
         _raise_unterminated(path, batch_start)
     if batch_start < size:
-        cuts.append((batch_start, size, batch_line))
-    ends = [c[2] for c in cuts[1:]] + [END_OF_FILE]
-    batches = tuple(Batch(i, start, end, line, end_line) for i, ((start, end, line), end_line) in enumerate(zip(cuts, ends)))
-    return FileScan(path=path, size=size, sha256=digest.hexdigest(), header=header, batches=batches)
+        batches.append(Batch(len(batches), batch_start, size, batch_line, END_OF_FILE))
+        yield batches[-1]
+    return FileScan(path=path, size=size, sha256=digest.hexdigest(), header=header, batches=tuple(batches))
+
+
+def scan_file(path: Path, expected: tuple[str, ...], batch_bytes: int) -> FileScan:
+    """Pass 1 (see module docstring), whole."""
+    return ScanStream.start(path, expected, batch_bytes).finish()
+
+
+class ScanStream:
+    """Pass 1 consumed while it runs, so that work on the first batches need not wait for the last.
+
+    ``batches()`` yields every batch in file order, from the first, scanning (``scan_batches``) only
+    when it passes the last batch scanned so far — so a second pass, or one after ``finish``, costs no
+    scan. ``finish()`` scans whatever is left and returns the ``FileScan``. One consumer at a time, in
+    one thread: a batch is scanned when it is first asked for. ``name_errors`` maps a structural error
+    before it is raised (a caller scanning a copy names the original file); once raised, the same
+    error is raised again by any later call."""
+
+    def __init__(self, header: Header, size: int, scan: Generator[Batch, None, FileScan],
+                 name_errors: Callable[[StructuralError], StructuralError] = lambda exc: exc):
+        self.header, self.size = header, size
+        self._scan = scan
+        self._name_errors = name_errors
+        self._scanned: list[Batch] = []
+        self._done: FileScan | None = None
+        self._failed: StructuralError | None = None
+
+    @classmethod
+    def start(cls, path: Path, expected: tuple[str, ...], batch_bytes: int,
+              name_errors: Callable[[StructuralError], StructuralError] = lambda exc: exc) -> ScanStream:
+        """The scan of ``path``, its header read now (a bad header raises here)."""
+        try:
+            header = read_header(path, expected)
+        except StructuralError as exc:
+            raise name_errors(exc) from None
+        return cls(header, Path(path).stat().st_size, scan_batches(path, expected, batch_bytes), name_errors)
+
+    @classmethod
+    def of(cls, fscan: FileScan) -> ScanStream:
+        """A scan already finished, as a stream."""
+        def replay() -> Generator[Batch, None, FileScan]:
+            yield from fscan.batches
+            return fscan
+        return cls(fscan.header, fscan.size, replay())
+
+    def batches(self) -> Iterator[Batch]:
+        at = 0
+        while True:
+            if at < len(self._scanned):
+                yield self._scanned[at]
+                at += 1
+            elif self._done is not None:
+                return
+            elif self._failed is not None:
+                raise self._failed
+            else:
+                self._scan_one()
+
+    def _scan_one(self) -> None:
+        try:
+            self._scanned.append(next(self._scan))
+        except StopIteration as end:
+            self._done = end.value
+        except StructuralError as exc:
+            self._failed = self._name_errors(exc)
+            raise self._failed from None
+
+    def finish(self) -> FileScan:
+        while self._done is None:
+            if self._failed is not None:
+                raise self._failed
+            self._scan_one()
+        return self._done
 
 
 def _locate(path: Path, offset: int) -> tuple[int, int]:

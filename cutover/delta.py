@@ -223,28 +223,30 @@ class _Reformatted(Exception):
     """Most records differ byte for byte: the file was written over in another format."""
 
 
-def load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing | None, base_version: int,
-                 started: float, *, workers: int, on_batch: Callable[[BatchResult], None] | None = None,
+def load_changes(db: Database, plan: SyncPlan, scan: csvscan.ScanStream, indexing: Indexing | None,
+                 base_version: int, started: float, *, workers: int,
+                 on_batch: Callable[[BatchResult], None] | None = None,
                  on_restart: Callable[[], None] | None = None) -> SyncResult | None:
-    """Diff ``fscan`` against the baseline and merge the difference in one transaction; None, having
-    applied nothing, when the staged path must judge the file (see the module docstring).
+    """Diff the scanned file against the baseline and merge the difference in one transaction; None,
+    having applied nothing, when the staged path must judge the file (see the module docstring). The
+    new file's records are hashed batch by batch as ``scan`` finds them.
     ``on_restart`` is called when a diff by bytes gives way to one by fields (progress starts over)."""
     if indexing is None:
         return None
     if indexing.by == "bytes" and not _same_header(plan.snapshot, indexing.base):  # replaced since the check
         indexing = _index_in_background(indexing.base, plan, workers, "fields", indexing.parts)
     try:
-        return _load_changes(db, plan, fscan, indexing, base_version, started, workers=workers, on_batch=on_batch)
+        return _load_changes(db, plan, scan, indexing, base_version, started, workers=workers, on_batch=on_batch)
     except _Reformatted:
         log.info("%s: most records were re-written in another format: diffing by fields", plan.spec.name)
         if on_restart:
             on_restart()
-        return _load_changes(db, plan, fscan, _index_in_background(indexing.base, plan, workers, "fields",
+        return _load_changes(db, plan, scan, _index_in_background(indexing.base, plan, workers, "fields",
                                                                    indexing.parts),
                              base_version, started, workers=workers, on_batch=on_batch)
 
 
-def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, base_version: int,
+def _load_changes(db: Database, plan: SyncPlan, scan: csvscan.ScanStream, indexing: Indexing, base_version: int,
                   started: float, *, workers: int,
                   on_batch: Callable[[BatchResult], None] | None) -> SyncResult | None:
     base_spill = indexing.spill.result()
@@ -258,11 +260,12 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
             spools = _Spools(rows_spool, rejects_spool, gone_spool)
             try:
                 new_spill = record_match.Spill(record_match.NEW, indexing.parts)
-                for batch, rows in in_order(lambda b: (b, _hash_batch(plan, fscan, indexing, b)), fscan.batches,
-                                            workers):
+                for batch, rows in in_order(lambda b: (b, _hash_batch(plan, scan.header, indexing, b)),
+                                            scan.batches(), workers):
                     new_spill.add(rows)
                     if on_batch:  # progress: the changed records are staged, or rejected, when typed (later)
                         on_batch(BatchResult(batch.index, len(rows), 0, 0, batch.end - batch.start))
+                fscan = scan.finish()
                 counts = _match(plan, fscan, indexing, base_spill, new_spill, spools, workers)
             except OSError as exc:
                 return _no_room(plan, exc)
@@ -291,7 +294,7 @@ def _load_changes(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, indexin
     return result
 
 
-def _hash_batch(plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, batch: csvscan.Batch) -> np.ndarray:
+def _hash_batch(plan: SyncPlan, header: csvscan.Header, indexing: Indexing, batch: csvscan.Batch) -> np.ndarray:
     """The batch's records (not blank lines) as ``record_match.NEW`` rows."""
     buf = batches.read_bytes(plan, batch)
     if indexing.by == "bytes":
@@ -302,9 +305,9 @@ def _hash_batch(plan: SyncPlan, fscan: csvscan.FileScan, indexing: Indexing, bat
     else:  # parsed as the full load parses it: a ragged record is a reject, never equal to a baseline one
         idx = batches.index_batch(plan, buf, batch.first_line)
         rows = _record_rows(idx)
-        good = idx.fields[rows] == len(fscan.header.names)
+        good = idx.fields[rows] == len(header.names)
         h1, h2 = np.zeros(len(rows), np.uint64), np.zeros(len(rows), np.uint64)
-        h1[good], h2[good] = record_hashes(batches.as_strings(plan, fscan.header, buf, idx).raw, indexing.seeds)
+        h1[good], h2[good] = record_hashes(batches.as_strings(plan, header, buf, idx).raw, indexing.seeds)
         ragged = ~good
     return record_match.new_rows(h1, h2, batch.start + idx.starts[rows], batch.start + idx.stops[rows],
                                  idx.lines[rows], ragged)

@@ -40,7 +40,7 @@ from cutover.coerce import coerce_noting_rewrites
 from cutover.commit import find_baseline, finish, keep_baseline, lock_for_merge, refuse_mass_delete
 from cutover.pipeline import in_order
 from cutover.db import Database
-from cutover.errors import ConcurrentChange, CutoverError, PhaseError, StagingLost, StructuralError
+from cutover.errors import ConcurrentChange, CutoverError, PhaseError, StagingLost
 # the plan and results are the steps' API: callers name them through this module too
 from cutover.syncplan import (BatchResult, SyncPlan, SyncResult, _as_source, drop_snapshot,  # noqa: F401
                               plan_sync, reap_dead_runs, take_snapshot)
@@ -72,11 +72,14 @@ def begin(db: Database, plan: SyncPlan, *, kind: str = "sync") -> int:
 
 
 def scan(plan: SyncPlan) -> csvscan.FileScan:
+    return scan_stream(plan).finish()
+
+
+def scan_stream(plan: SyncPlan) -> csvscan.ScanStream:
+    """The scan of a snapshot of the run's CSV, batch by batch; its errors name the CSV."""
     take_snapshot(plan)
-    try:
-        return csvscan.scan_file(plan.snapshot, plan.spec.column_names, plan.batch_bytes)
-    except StructuralError as exc:
-        raise _as_source(plan, exc) from None
+    return csvscan.ScanStream.start(plan.snapshot, plan.spec.column_names, plan.batch_bytes,
+                                    name_errors=lambda exc: _as_source(plan, exc))
 
 
 def load_batch(db: Database, plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> BatchResult:
@@ -138,7 +141,7 @@ class _NeedsStaging(Exception):
     """The file has rows the direct load cannot judge (see ``load_into_empty_target``)."""
 
 
-def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: list[csvscan.Batch], workers: int):
+def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: Iterable[csvscan.Batch], workers: int):
     """(batch, COPY bytes, rows typed, rejects, rows read) in file order (see ``cutover.pipeline``)."""
     in_spec_order = tuple(header.names) == plan.spec.column_names
 
@@ -161,7 +164,7 @@ def _no_end_marker(buf: bytes) -> bool:
     return not buf.startswith(b"\\.\n") and b"\n\\.\n" not in buf and not buf.endswith(b"\n\\.")
 
 
-def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, base_version: int,
+def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStream, base_version: int,
                            started: float, *, workers: int,
                            on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult | None:
     """The first load of a table that has no phase and no row, streamed straight into it: ONE COPY in
@@ -169,7 +172,8 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
     second write of every row. The guarantees are the staging path's (one transaction, read = loaded
     + rejected). Returns None, having changed nothing, when the file needs the staging path to judge
     it: a key on two rows or a row whose parent is missing (the table's constraints refuse the COPY),
-    or a rejected row whose key a loaded row has."""
+    or a rejected row whose key a loaded row has. The COPY starts with the scan's first batch: a file
+    the scan finds broken further on raises, and the transaction applies nothing."""
     spec = plan.spec
 
     def step(conn: psycopg.Connection) -> SyncResult | None:
@@ -194,7 +198,7 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                     with conn.cursor() as cur:
                         with cur.copy(merge.copy_into_target(spec)) as cp:
                             for batch, rows, staged, rejects, n in _parsed_in_order(
-                                    plan, fscan.header, list(fscan.batches), workers):
+                                    plan, scan.header, scan.batches(), workers):
                                 for i in range(0, len(rows), 1 << 20):
                                     cp.write(rows[i:i + (1 << 20)])
                                 if rejects.height:
@@ -217,12 +221,12 @@ def load_into_empty_target(db: Database, plan: SyncPlan, fscan: csvscan.FileScan
                 return None  # the staged path judges the file (and takes no lock a reader holds up)
         if read != loaded + rejected:
             raise CutoverError(f"internal error: read {read} rows but loaded {loaded} + rejected {rejected}")
-        return finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
+        return finish(conn, plan, scan.finish(), current, started, read=read, loaded=loaded, rejected=rejected,
                        inserted=loaded, updated=0, deleted=0, method="direct")
 
     result = db.run(step, what=f"first load of {spec.name}")
     if result is not None:
-        keep_baseline(plan, fscan, result.read)
+        keep_baseline(plan, scan.finish(), result.read)
     return result
 
 
@@ -255,7 +259,7 @@ def thread_map(workers: int) -> MapBatches:
 
 
 def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged: bool = True,
-             on_scan: Callable[[csvscan.FileScan], None] | None = None,
+             on_scan: Callable[[int], None] | None = None,
              on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult:
     """The whole sync in this process (what ``cutover sync`` runs)."""
     started = time.time()
@@ -265,20 +269,22 @@ def run_sync(db: Database, plan: SyncPlan, *, workers: int = 2, check_unchanged:
     try:
         # merged before: the last merged file is indexed while this one is scanned, to diff them
         indexing = delta.start_indexing(db, plan, find_baseline(plan), workers) if base_version else None
-        fscan = scan(plan)
+        stream = scan_stream(plan)
         if on_scan:
-            on_scan(fscan)
+            on_scan(stream.size)
+        # the first load and the diff start on the scan's first batches; the staged path waits for it
         if base_version == 0:  # never merged: perhaps an empty table, loaded straight
-            first = load_into_empty_target(db, plan, fscan, base_version, started, workers=workers,
+            first = load_into_empty_target(db, plan, stream, base_version, started, workers=workers,
                                            on_batch=on_batch)
             if first is not None:
                 return first
-        changes = delta.load_changes(db, plan, fscan, indexing, base_version, started, workers=workers,
-                                     on_batch=on_batch, on_restart=(lambda: on_scan(fscan)) if on_scan else None)
+        changes = delta.load_changes(db, plan, stream, indexing, base_version, started, workers=workers,
+                                     on_batch=on_batch, on_restart=(lambda: on_scan(stream.size)) if on_scan else None)
         if changes is not None:
             return changes
+        fscan = stream.finish()
         if on_scan and (base_version == 0 or indexing is not None):
-            on_scan(fscan)  # a faster path read some batches, then gave up: progress starts over
+            on_scan(fscan.size)  # a faster path read some batches, then gave up: progress starts over
 
         def one(batch: csvscan.Batch) -> BatchResult:
             result = load_batch(db, plan, fscan.header, batch)

@@ -87,7 +87,8 @@ def sync_changes(plan: core.SyncPlan, fscan: csvscan.FileScan, base_version: int
 
     db, workers = resources.database(), resources.settings().workers
     indexing = delta.start_indexing(db, plan, core.find_baseline(plan), workers)
-    return delta.load_changes(db, plan, fscan, indexing, base_version, started, workers=workers)
+    return delta.load_changes(db, plan, csvscan.ScanStream.of(fscan), indexing, base_version, started,
+                              workers=workers)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=_transient_failure,

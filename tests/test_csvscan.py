@@ -145,3 +145,34 @@ def test_field_counts_agree_with_pythons_csv_reader(tmp_path, seed):
     buf = body.encode()
     idx = index_records(buf, 2, tmp_path / "t.csv")
     assert [int(f) for f, blank in zip(idx.fields, idx.blank) if not blank] == expected
+
+
+def test_a_streamed_scan_hands_out_the_whole_scans_batches_and_finishes_after_a_partial_read(tmp_path):
+    from cutover.csvscan import ScanStream
+
+    path = _write(tmp_path, b"a,b,c\n" + b"".join(b'%d,"x\n%d",z\n' % (i, i) for i in range(200)))
+    whole = scan_file(path, COLS, 64)
+    stream = ScanStream.start(path, COLS, 64)
+    assert stream.header == whole.header and stream.size == whole.size
+    first = [b for b, _ in zip(stream.batches(), range(3))]  # a consumer that gives up after three
+    assert first == list(whole.batches[:3])
+    assert stream.finish() == whole and len(whole.batches) > 10
+    assert list(stream.batches()) == list(whole.batches)  # a second pass, from the first batch
+    assert list(ScanStream.start(path, COLS, 64).batches()) == list(whole.batches)
+    replayed = ScanStream.of(whole)
+    assert list(replayed.batches()) == list(whole.batches) and replayed.finish() == whole
+
+
+def test_a_streamed_scan_raises_late_errors_through_its_mapper_after_yielding_batches(tmp_path):
+    from dataclasses import replace
+
+    from cutover.csvscan import ScanStream
+
+    path = _write(tmp_path, b"a,b,c\n" + b"1,x,y\n" * 100 + b'2,"open\n3,x,y\n')
+    stream = ScanStream.start(path, COLS, 64, name_errors=lambda exc: replace(exc, path=tmp_path / "named.csv"))
+    seen = []
+    with pytest.raises(StructuralError) as e:
+        seen.extend(stream.batches())
+    assert len(seen) > 5 and e.value.line == 102 and "named.csv" in str(e.value)
+    with pytest.raises(StructuralError, match="named.csv"):  # the same error again, not a half scan
+        stream.finish()

@@ -16,7 +16,7 @@ import pytest
 
 from cutover import baseline
 from cutover import sync as engine
-from cutover.errors import MassDeleteRefused
+from cutover.errors import MassDeleteRefused, StructuralError
 from tests.csvdata import APPROVAL_COLUMNS, LEAD_COLUMNS, approval, lead, write_csv
 from tests.test_sync import EDGE_TEXT
 
@@ -239,6 +239,25 @@ def test_diff_refuses_a_mass_delete_and_applies_nothing(db, settings, specs, sql
         _sync(db, settings, specs, write_csv(tmp_path / "few.csv", rows[:30]))
     assert sql("select md5(string_agg(t::text, '|' order by id)) from public.leads t") == before
     assert _sync(db, settings, specs, tmp_path / "few.csv", allow_mass_delete=True).deleted == 70
+
+
+def test_a_file_found_broken_after_its_first_batches_were_hashed_applies_nothing(db, settings, specs, sql, tmp_path,
+                                                                                 caplog):
+    """The diff hashes batches as the scan finds them: a quote left open on the file's last line (found
+    once every other batch is hashed) still names the file and line, and leaves table and baseline be."""
+    rows = [lead(i) for i in range(60)]
+    _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", rows), batch_bytes=1024)
+    before = sql("select md5(string_agg(t::text, '|' order by id)), count(*) from public.leads t")
+    kept = baseline.find("leads", settings.rejects_dir)
+    src = write_csv(tmp_path / "next.csv", [lead(i, status="contacted") if i == 5 else r for i, r in enumerate(rows)])
+    src.write_bytes(src.read_bytes() + b'"an unterminated quote\n')
+    with caplog.at_level("INFO", logger="cutover.delta"), pytest.raises(StructuralError) as e:
+        _sync(db, settings, specs, src, batch_bytes=1024)
+    assert _matched_by(caplog) == ["bytes"]  # the diff was under way when the scan reached the end
+    assert e.value.path == src and e.value.line == 62 and "unterminated" in str(e.value)
+    assert sql("select md5(string_agg(t::text, '|' order by id)), count(*) from public.leads t") == before
+    assert baseline.find("leads", settings.rejects_dir) == kept
+    assert sql("select status from cutover.runs order by started_at desc limit 1") == [("failed",)]
 
 
 def test_children_diff_and_their_orphans_match(db, settings, specs, sql, tmp_path):

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from cutover import sync as engine
-from cutover.errors import ConcurrentChange, MassDeleteRefused, PhaseError
+from cutover.errors import ConcurrentChange, MassDeleteRefused, PhaseError, StructuralError
 from cutover.export import export_table
 from tests.conftest import ROOT
 from tests.csvdata import APPROVAL_COLUMNS, approval, lead, write_csv
@@ -142,6 +142,25 @@ def test_a_first_load_goes_straight_into_the_table_unless_the_file_needs_judging
         assert sql("select count(*) from public.leads") == [(1,)]
         assert sql(keys) == expected  # the refused direct load rolled its constraint changes back
         sql("truncate public.leads cascade; delete from cutover.table_state")
+
+
+@pytest.mark.parametrize("tail,line", [(b'\xff,broken\n', 42), (b'"an unterminated quote\n', 42)])
+def test_a_first_load_found_broken_after_its_first_batches_applies_nothing(db, settings, specs, tmp_path, sql,
+                                                                            tail, line):
+    """The COPY starts while the scan is still reading: a structural error found in the file's last
+    line (after batches went to the COPY) still names the user's file and line, and leaves no trace."""
+    src = write_csv(tmp_path / "leads.csv", [lead(i) for i in range(40)])
+    src.write_bytes(src.read_bytes() + tail)
+    plan = engine.plan_sync(specs["leads"], specs, src, rejects_dir=settings.rejects_dir, batch_bytes=512,
+                            mass_delete_threshold=settings.mass_delete_threshold)  # a batch a row or two
+    with pytest.raises(StructuralError) as e:
+        engine.run_sync(db, plan, workers=2)
+    assert e.value.path == src and e.value.line == line
+    assert sql("select count(*) from public.leads") == [(0,)]
+    assert sql("select count(*) from cutover.table_state where phase is not null") == [(0,)]
+    assert sql("select status from cutover.runs where table_name = 'leads'") == [("failed",)]
+    assert sql("select count(*) from pg_constraint where conrelid = 'public.leads'::regclass and contype = 'p'") \
+        == [(1,)]
 
 
 def test_resync_applies_inserts_updates_and_deletes_then_rerun_touches_nothing(db, settings, specs, tmp_path, sql):
