@@ -13,7 +13,7 @@ import pytest
 
 from cutover import baseline, digest_memo, operate, phases
 from cutover.app import repositories
-from cutover.errors import ConcurrentChange, CutoverError, GateRefused, PhaseError
+from cutover.errors import CutoverError, GateRefused, PhaseError
 from cutover.state import TableState
 from tests.csvdata import AGENT, OTHER_AGENT, lead, write_csv
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
