@@ -23,9 +23,11 @@ import polars as pl
 from cutover.spec import Column, TableSpec
 
 UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-TS_RE = (r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2})(:\d{2})?(\.\d{1,6})?"
-         r"([Zz]|[+-]\d{2}(?::?\d{2})?)?$")
-NUM_RE = r"^[+-]?(\d*)(?:\.(\d*))?$"
+# digits are ASCII everywhere ([0-9]): the regex engine's \d admits any script's digits, which
+# PostgreSQL refuses
+TS_RE = (r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2})(:[0-9]{2})?(\.[0-9]{1,6})?"
+         r"([Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?$")
+NUM_RE = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)$"  # plain decimal notation, at least one digit
 TS_OUT = "%Y-%m-%dT%H:%M:%S%.6f+00:00"
 
 REJECT_SCHEMA = {"column": pl.String, "value": pl.String, "reason": pl.String}
@@ -71,17 +73,16 @@ def _general_instant(col: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
 
 
 def _numeric(col: pl.Expr, c: Column) -> tuple[pl.Expr, pl.Expr]:
-    parts = col.str.extract_groups(NUM_RE)
-    whole, frac = parts.struct.field("1"), parts.struct.field("2").fill_null("")
-    int_digits = whole.str.strip_chars_start("0").str.len_chars()
-    extra = frac.str.slice(c.scale).str.strip_chars_end("0")
     max_int = c.precision - c.scale
+    # a digit other than 0 past the scale: rounding; more significant digits before the point than fit
+    rounded = rf"\.[0-9]{{{c.scale}}}[0-9]*[1-9]"
+    too_large = rf"^[+-]?0*[1-9][0-9]{{{max_int}}}"
     reason = (
-        pl.when(whole.is_null() | ((whole.str.len_chars() + frac.str.len_chars()) == 0))
+        pl.when(~col.str.contains(NUM_RE))
         .then(pl.lit("not a number (plain decimal notation, e.g. 1234.50)"))
-        .when(extra.str.len_chars() > 0)
+        .when(col.str.contains(rounded))
         .then(pl.lit(f"more than {c.scale} decimal places: it would be rounded, and cutover never rounds"))
-        .when(int_digits > max_int)
+        .when(col.str.contains(too_large))
         .then(pl.lit(f"too large for numeric({c.precision},{c.scale}) (at most {max_int} digits before the point)"))
     )
     return col, reason
@@ -121,7 +122,7 @@ def column_rule(c: Column, *, nul: bool = True) -> tuple[pl.Expr, pl.Expr]:
 # instants (a day the month has, a time of day) and sent to PostgreSQL as written (an explicit offset,
 # so the same instant): no parse at all. Anything else — another shape, the 29th of February (leap
 # years are the general rule's), a year outside 1000..8999 — takes the general rule, whose reasons the
-# rejects report. Digits are ASCII ([0-9]: the regex engine's \d admits any script's digits).
+# rejects report. Digits are ASCII (see TS_RE).
 # Offsets stop at ±14:59: PostgreSQL refuses a displacement past ±15:59, which the general rule
 # converts to UTC first.
 _FAST_DATE = (r"[1-8][0-9]{3}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"

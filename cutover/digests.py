@@ -43,7 +43,7 @@ BUCKETS = 16 ** BUCKET_DIGITS
 SEPARATOR = "\x1f"
 MASK_BITS = 62  # NULL flags per int8 field of the bitmask
 MAX_DECIMAL_PRECISION = 38  # polars' Decimal; wider numerics take the string rule
-NUM_PARTS = r"^([+-]?)0*(\d*)(?:\.(\d*))?$"
+NUM_PARTS = r"^([+-]?)0*([0-9]*)(?:\.([0-9]*))?$"  # ASCII digits: the loader admits no other
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
 
 

@@ -43,6 +43,8 @@ def test_timestamps_keep_their_exact_instant(raw, canonical):
     ("now", "ISO 8601"),
     ("1740823200", "ISO 8601"),
     (" 2025-03-01T10:00:00Z", "ISO 8601"),
+    ("\uff12\uff10\uff12\uff15-03-01T10:00:00Z", "ISO 8601"),  # full-width digits
+    ("2025-03-01T10:00:00+\u0660\u0665:30", "ISO 8601"),
 ])
 def test_bad_timestamps_are_rejected(raw, why):
     [(_, reason)] = _apply(TS, [raw])
@@ -58,6 +60,12 @@ BUDGET = Column("budget", "numeric", precision=12, scale=2)
     ("100.005", "decimal places"), ("1.2345", "decimal places"),
     ("99999999999", "too large"), ("12,5oo", "not a number"), ("1e3", "not a number"), ("", "not a number"),
     (".", "not a number"), ("-", "not a number"), (" 1", "not a number"), ("NaN", "not a number"),
+    ("0.00", None), ("-000.10", None), ("5.", None), ("+.50", None), ("0099999999.99", None),
+    ("1.0000000", None), ("10000000000", "too large"), ("-10000000000.00", "too large"), ("1.001", "decimal places"),
+    ("1.2.3", "not a number"), ("--1", "not a number"), ("1-", "not a number"),
+    # digits of other scripts: the regex engine's \d admits them, PostgreSQL does not
+    ("\u0661\u0662\u0663.\u0664\u0665", "not a number"), ("\uff11\uff12", "not a number"),
+    ("12.\u0665", "not a number"),
 ])
 def test_numerics_are_never_rounded(raw, reason):
     [(_, got)] = _apply(BUDGET, [raw])
