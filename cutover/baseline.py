@@ -1,10 +1,12 @@
 """The baseline: the exact file a table's last merge loaded, kept for the next sync to diff against.
 
 Contract: after a merge commits, the run's snapshot of the CSV (a hard link, or a copy where the store
-takes no links) is renamed to the table's baseline, ``.<table>.baseline.csv`` in the same folder, and
-a sidecar JSON in cutover's home records its path, sha256, size, inode and modification time, its
-header and its batch boundaries — facts about the bytes, never a hash of polars' (those change
-between versions). One baseline a table, whatever path the CSV was synced from. ``find`` returns the baseline only
+takes no links) is renamed to the table's baseline, ``.<table>.<home>.baseline.csv`` in the same folder
+(``<home>``: a digest of the registry's path, so that two cutover homes syncing CSVs of one folder keep a
+baseline each instead of replacing each other's), and a sidecar JSON in cutover's home records its
+path, sha256, size, inode and modification time, its header and its batch boundaries — facts about the
+bytes, never a hash of polars' (those change between versions). One baseline a table and home, whatever
+path the CSV was synced from. ``find`` returns the baseline only
 while the file is provably the one recorded: same inode, size and mtime (writers replace the CSV by
 rename, so the baseline's inode is never written again; one written in place changes its mtime).
 Whether the table still holds exactly that file's rows is the caller's to check (``cutover.delta``).
@@ -17,6 +19,7 @@ refused. Failing to keep one is harmless (the next sync loads the whole file) an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +48,11 @@ def _sidecar(registry: Path, table: str) -> Path:
     return registry / f".{table}.baseline.json"
 
 
+def _baseline_name(registry: Path, table: str) -> str:
+    home = hashlib.sha256(str(Path(registry).resolve()).encode()).hexdigest()[:12]
+    return f".{table}.{home}.baseline.csv"
+
+
 def _recorded_path(sidecar: Path) -> Path | None:
     try:
         return Path(json.loads(sidecar.read_bytes())["path"])
@@ -56,7 +64,7 @@ def keep(snapshot: Path, table: str, fscan: FileScan, rows: int, registry: Path)
     """Make a merged run's snapshot the table's baseline (see the module docstring). The file stays
     where the snapshot is (a rename keeps the hard link); ``registry`` holds the sidecar."""
     sidecar = _sidecar(registry, table)
-    data = snapshot.parent / f".{table}.baseline.csv"
+    data = snapshot.parent / _baseline_name(registry, table)
     previous = _recorded_path(sidecar)
     try:
         sidecar.unlink(missing_ok=True)  # never a sidecar describing another file, even for an instant

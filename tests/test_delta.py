@@ -328,6 +328,23 @@ def test_the_baseline_is_one_per_table_and_goes_with_a_path_change(db, settings,
     assert [p.name for p in (tmp_path / "b").iterdir() if ".snapshot" in p.name] == []
 
 
+def test_two_homes_syncing_one_folder_keep_a_baseline_each(db, settings, specs, sql, tmp_path):
+    """Two cutover homes (each its own registry) merging CSVs of the same folder: neither replaces the
+    other's baseline, so both keep diffing."""
+    rows = [lead(i) for i in range(20)]
+    ours = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", rows))
+    other_registry = tmp_path / "other-home" / "rejects"
+    other = _plan(settings, specs, write_csv(tmp_path / "other.csv", rows[:5]))
+    scanned = engine.scan(other)  # takes the run's snapshot, which the other home's merge then keeps
+    baseline.keep(other.snapshot, "leads", scanned, 5, other_registry)
+    theirs, kept = baseline.find("leads", other_registry), baseline.find("leads", settings.rejects_dir)
+    assert theirs is not None and kept is not None and theirs.path != kept.path
+    assert theirs.path.parent == kept.path.parent == tmp_path and kept.rows == ours.read
+    result = _sync(db, settings, specs, write_csv(tmp_path / "next.csv", rows + [lead(20)]))
+    assert (result.method, result.inserted) == ("diff", 1)
+    assert baseline.find("leads", other_registry) == theirs  # the other home's is untouched
+
+
 def _records(rng, n):
     from cutover import record_match
 
