@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psycopg
 
@@ -42,10 +43,14 @@ def refuse_mass_delete(plan: SyncPlan, to_delete: int, total: int) -> None:
             " Nothing was applied. If the deletions are intended, rerun with --allow-mass-delete.")
 
 
-def keep_baseline(plan: SyncPlan, fscan: csvscan.FileScan, rows: int) -> None:
-    """After a merge commits: its snapshot of the CSV becomes the table's baseline (``cutover.delta``)."""
+def keep_baseline(plan: SyncPlan, fscan: csvscan.FileScan, rows: int,
+                  records: tuple[Path, str, tuple[int, int]] | None = None) -> None:
+    """After a merge commits: its snapshot of the CSV becomes the table's baseline (``cutover.delta``),
+    with the file's record hashes when the merge spilled them (``baseline.keep``)."""
     if plan.snapshot.exists():
-        baseline.keep(plan.snapshot, plan.spec.name, fscan, rows, plan.rejects_file.parent)
+        baseline.keep(plan.snapshot, plan.spec.name, fscan, rows, plan.rejects_file.parent, records)
+    elif records is not None:
+        records[0].unlink(missing_ok=True)
     drop_snapshot(plan)  # a link to the baseline's own inode survives the rename: rename(2) leaves both
 
 

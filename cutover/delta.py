@@ -7,15 +7,19 @@ parents' data), and that merge rejected nothing — a record of the new file equ
 and staged; the baseline's records the new file no longer has give the keys to delete. The outcome is
 the full load's: the same rows, the same rejects with the same lines and reasons, the same counts.
 
-Records are compared by two 64-bit polars hashes with seeds drawn for this run and never stored
-(polars' hashes change between versions). They hash each record's bytes as written (``by="bytes"``):
-nothing is parsed but the changed records. A file written over in another format (other quoting, line
-ends or header) has few records equal byte for byte although their fields are, so the diff then
-compares parsed fields (``by="fields"``: both files parsed), chosen up front when the header's bytes
-differ, or once most records are found changed.
+Records are compared by two 64-bit hashes. By bytes (``by="bytes"``), each record's bytes as written
+are hashed with xxh3 (``RECORD_HASH``: a fixed algorithm, stable across versions) under two secret
+seeds; nothing is parsed but the changed records. A merge that hashed every record of its file (this
+diff, or a first load) keeps those hashes with the file it leaves as the baseline, seeds included
+(``cutover.baseline``), so the next diff reads them instead of hashing the baseline again. A file
+written over in another format (other quoting, line ends or header) has few records equal byte for
+byte although their fields are, so the diff then compares parsed fields (``by="fields"``: both files
+parsed, hashed by polars with seeds drawn for the run and never stored — polars' hashes change between
+versions), chosen up front when the header's bytes differ, or once most records are found changed.
 
 Memory does not grow with the files (``cutover.record_match``): the baseline's records are hashed and
-spilled to a temporary file while the new file is scanned, then the new file's; the two are matched a
+spilled to a temporary file while the new file is scanned (unless their hashes were kept), and the new
+file's as the scan finds them (where they can be kept for the next diff); the two are matched a
 part of the hash space at a time, as many parts as ``SyncPlan.diff_index_bytes`` needs, and each part's
 changed records are read back from the file by their byte ranges, and its gone records' keys from the
 baseline. A sync whose match would need more than ``record_match.MAX_PARTS`` parts, or whose spill cannot
@@ -66,15 +70,33 @@ def record_hashes(raw: pl.DataFrame, seeds: tuple[int, int]) -> tuple[np.ndarray
     return raw.hash_rows(seeds[0]).to_numpy(), raw.hash_rows(seeds[1]).to_numpy()
 
 
+RECORD_HASH = "xxh3_64x2"  # byte_hashes' function, kept with a baseline's hashes: another name, another function
+
+
+def new_seeds() -> tuple[int, int]:
+    return secrets.randbits(63), secrets.randbits(63)
+
+
 def byte_hashes(buf: bytes, idx: csvscan.RecordIndex, rows: np.ndarray,
                 seeds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of the records ``rows`` of ``buf`` as written, line end included."""
-    import pyarrow as pa  # here: ~25 MB of memory that only a diff needs
+    """Hashes of the records ``rows`` of ``buf`` as written, line end included: ``RECORD_HASH``, stable."""
+    import polars_hash as plh
+    import pyarrow as pa  # here: ~25 MB of memory that only hashing records needs
     # every record as one binary value, sharing buf's memory: a record runs to the next one's start
     offsets = np.append(idx.starts, len(buf)).astype(np.int64)
-    records = pl.Series(pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(idx), [None, pa.py_buffer(offsets), pa.py_buffer(buf)]))
-    return records.hash(seeds[0]).to_numpy()[rows], records.hash(seeds[1]).to_numpy()[rows]
+    records = pl.DataFrame(pl.Series("r", pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(idx), [None, pa.py_buffer(offsets), pa.py_buffer(buf)])))
+    h = records.select(plh.col("r").nchash.xxh3_64(seed=seeds[0]).alias("h1"),
+                       plh.col("r").nchash.xxh3_64(seed=seeds[1]).alias("h2"))
+    return h["h1"].to_numpy()[rows], h["h2"].to_numpy()[rows]
+
+
+def record_rows(buf: bytes, idx: csvscan.RecordIndex, first: int, seeds: tuple[int, int]) -> np.ndarray:
+    """A batch's records (not blank lines; ``first``: the batch's offset in its file) as
+    ``record_match.NEW`` rows hashed by bytes: what a merge keeps for the next diff."""
+    rows = _record_rows(idx)
+    h1, h2 = byte_hashes(buf, idx, rows, seeds)
+    return record_match.new_rows(h1, h2, first + idx.starts[rows], first + idx.stops[rows], idx.lines[rows])
 
 
 def _record_rows(idx: csvscan.RecordIndex) -> np.ndarray:
@@ -171,7 +193,8 @@ def _eligible(conn: psycopg.Connection, plan: SyncPlan, base: Baseline) -> state
 
 @dataclass(frozen=True)
 class Indexing:
-    """A baseline being hashed and spilled in the background (while the new file is scanned)."""
+    """A baseline being hashed and spilled in the background (while the new file is scanned), or its
+    hashes as its merge kept them."""
 
     base: Baseline
     by: Matching
@@ -181,7 +204,7 @@ class Indexing:
 
 
 def _index_in_background(base: Baseline, plan: SyncPlan, workers: int, by: Matching, parts: int) -> Indexing:
-    seeds = (secrets.randbits(63), secrets.randbits(63))
+    seeds = new_seeds()
     runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-baseline")
     try:
         return Indexing(base, by, seeds, parts, runner.submit(spill_baseline, base, plan, workers, by, seeds, parts))
@@ -216,7 +239,32 @@ def start_indexing(db: Database, plan: SyncPlan, base: Baseline | None, workers:
     if db.run(lambda conn: _eligible(conn, plan, base), what=f"check {plan.spec.name}'s baseline") is None:
         return None
     by: Matching = "bytes" if _same_header(plan.csv_path, base) else "fields"
+    if by == "bytes" and (kept := _kept_spill(base, parts)) is not None:
+        log.info("%s: the baseline's record hashes were kept by its merge", plan.spec.name)
+        done: Future = Future()
+        done.set_result(kept)
+        return Indexing(base, by, base.records.seeds, kept.parts, done)
     return _index_in_background(base, plan, workers, by, parts)
+
+
+def _kept_spill(base: Baseline, parts: int) -> record_match.Spill | None:
+    """The baseline's record hashes as its merge kept them, if they are by ``RECORD_HASH``, one for each
+    of its records, in at least ``parts`` parts (more parts only match in smaller pieces)."""
+    if base.records is None or base.records.hash != RECORD_HASH:
+        return None
+    spill = record_match.Spill.load(base.records.path)
+    if spill is not None and (spill.records != base.rows or spill.parts < parts):
+        spill.close()
+        return None
+    return spill
+
+
+def _drop(indexing: Indexing) -> None:
+    """Close the spill of an indexing no longer wanted, once its thread is done with it."""
+    def close(done: Future) -> None:
+        if done.exception() is None and done.result() is not None:
+            done.result().close()
+    indexing.spill.add_done_callback(close)
 
 
 class _Reformatted(Exception):
@@ -234,6 +282,7 @@ def load_changes(db: Database, plan: SyncPlan, scan: csvscan.ScanStream, indexin
     if indexing is None:
         return None
     if indexing.by == "bytes" and not _same_header(plan.snapshot, indexing.base):  # replaced since the check
+        _drop(indexing)
         indexing = _index_in_background(indexing.base, plan, workers, "fields", indexing.parts)
     try:
         return _load_changes(db, plan, scan, indexing, base_version, started, workers=workers, on_batch=on_batch)
@@ -259,7 +308,9 @@ def _load_changes(db: Database, plan: SyncPlan, scan: csvscan.ScanStream, indexi
                 tempfile.TemporaryFile() as gone_spool:
             spools = _Spools(rows_spool, rejects_spool, gone_spool)
             try:
-                new_spill = record_match.Spill(record_match.NEW, indexing.parts)
+                # by bytes, the new file's hashes are the next diff's baseline hashes: spilled where they can be kept
+                new_spill = record_match.Spill(record_match.NEW, indexing.parts,
+                                               plan.records_spill if indexing.by == "bytes" else None)
                 for batch, rows in in_order(lambda b: (b, _hash_batch(plan, scan.header, indexing, b)),
                                             scan.batches(), workers):
                     new_spill.add(rows)
@@ -285,32 +336,85 @@ def _load_changes(db: Database, plan: SyncPlan, scan: csvscan.ScanStream, indexi
                     return None
 
             result = db.run(step, what=f"merge {plan.spec.name}'s changes")
+            if result is not None:
+                commit.keep_baseline(plan, fscan, result.read, records_to_keep(new_spill, result, indexing.seeds))
     finally:
         if new_spill is not None:
             new_spill.close()
         base_spill.close()
-    if result is not None:
-        commit.keep_baseline(plan, fscan, result.read)
     return result
+
+
+def records_to_keep(spill: record_match.Spill | None, result: SyncResult,
+                    seeds: tuple[int, int]) -> tuple[Path, str, tuple[int, int]] | None:
+    """What ``commit.keep_baseline`` keeps of a merge's record hashes: those of a file merged without a
+    reject (after one, the next sync does not diff), spilled where they can be kept; else nothing."""
+    if spill is None or spill.path is None or result.rejected or spill.records != result.read:
+        return None
+    try:
+        spill.finish()
+    except OSError as exc:
+        log.warning("could not keep the record hashes (the next diff hashes the file again): %s", exc)
+        return None
+    return spill.path, RECORD_HASH, seeds
 
 
 def _hash_batch(plan: SyncPlan, header: csvscan.Header, indexing: Indexing, batch: csvscan.Batch) -> np.ndarray:
     """The batch's records (not blank lines) as ``record_match.NEW`` rows."""
     buf = batches.read_bytes(plan, batch)
     if indexing.by == "bytes":
-        idx = batches.index_batch(plan, buf, batch.first_line, count_fields=False)
-        rows = _record_rows(idx)
-        h1, h2 = byte_hashes(buf, idx, rows, indexing.seeds)
-        ragged = None
-    else:  # parsed as the full load parses it: a ragged record is a reject, never equal to a baseline one
-        idx = batches.index_batch(plan, buf, batch.first_line)
-        rows = _record_rows(idx)
-        good = idx.fields[rows] == len(header.names)
-        h1, h2 = np.zeros(len(rows), np.uint64), np.zeros(len(rows), np.uint64)
-        h1[good], h2[good] = record_hashes(batches.as_strings(plan, header, buf, idx).raw, indexing.seeds)
-        ragged = ~good
+        return record_rows(buf, batches.index_batch(plan, buf, batch.first_line, count_fields=False), batch.start,
+                           indexing.seeds)
+    # parsed as the full load parses it: a ragged record is a reject, never equal to a baseline one
+    idx = batches.index_batch(plan, buf, batch.first_line)
+    rows = _record_rows(idx)
+    good = idx.fields[rows] == len(header.names)
+    h1, h2 = np.zeros(len(rows), np.uint64), np.zeros(len(rows), np.uint64)
+    h1[good], h2[good] = record_hashes(batches.as_strings(plan, header, buf, idx).raw, indexing.seeds)
     return record_match.new_rows(h1, h2, batch.start + idx.starts[rows], batch.start + idx.stops[rows],
-                                 idx.lines[rows], ragged)
+                                 idx.lines[rows], ~good)
+
+
+class RecordKeeper:
+    """A first load's record hashes, spilled batch by batch (``record_rows``), to keep with the baseline
+    it leaves: the first diff then need not hash that file. The spill's parts are sized for the whole
+    file from its first batch, a quarter more for safety (a diff that needs more hashes it again).
+    ``start`` begins again (a retried load)."""
+
+    def __init__(self, plan: SyncPlan, file_bytes: int, workers: int) -> None:
+        self.seeds = new_seeds()
+        self._plan, self._file_bytes, self._budget = plan, file_bytes, plan.diff_index_bytes // max(1, workers)
+        self._spill: record_match.Spill | None = None
+        self._off = False
+
+    def start(self) -> None:
+        self.close()
+        self._off = False
+
+    def add(self, rows: np.ndarray, batch_bytes: int) -> None:
+        if self._off:
+            return
+        try:
+            if self._spill is None:
+                estimate = len(rows) * self._file_bytes // max(1, batch_bytes) * 5 // 4 + 1
+                parts = record_match.parts_for(3 * estimate, self._budget)
+                if parts is None:  # no diff would use them
+                    self._off = True
+                    return
+                self._spill = record_match.Spill(record_match.NEW, parts, self._plan.records_spill)
+            self._spill.add(rows)
+        except OSError as exc:  # a full disk costs the next diff a hash of the file, never this load
+            log.warning("%s: not keeping the record hashes: %s", self._plan.spec.name, exc)
+            self.close()
+            self._off = True
+
+    def kept(self, result: SyncResult) -> tuple[Path, str, tuple[int, int]] | None:
+        return None if self._off else records_to_keep(self._spill, result, self.seeds)
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
 
 class _Spools(NamedTuple):

@@ -15,11 +15,18 @@ and are matched a part at a time: about ``MATCH_BYTES`` for each record of the p
 the files' size (``parts_for`` picks how many parts a budget needs). Disk: 32 bytes a baseline record
 and 41 a new one, freed by ``close``. Concurrency: a Spill has one writer; the two sides may be
 written by two threads at once, and parts matched in any threads once both sides are written.
+
+Keeping: a spill made at a named ``path`` can be ``finish``-ed — its chunk table and a trailer appended,
+the file synced — and reopened read-only by ``load`` in a later run, so that a file's record hashes are
+computed once, when it is merged, not again when the next file is diffed against it. That is sound only
+because the hashes are stable (``cutover.delta.byte_hashes``: xxh3, never polars' own hash) and their
+seeds are kept with the file (``cutover.baseline``).
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +49,56 @@ def parts_for(records: int, budget: int) -> int | None:
     return parts if parts <= MAX_PARTS else None
 
 
-class Spill:
-    """One file's records in a temporary file: each batch added is one chunk, its records sorted by part."""
+_TRAILER = struct.Struct("<16sqqqq")  # magic, record size, parts, chunks, records
+_MAGIC = b"cutover-records1"
 
-    def __init__(self, dtype: np.dtype, parts: int) -> None:
+
+class Spill:
+    """One file's records in a temporary file: each batch added is one chunk, its records sorted by part.
+    ``path``: a named file there (this process's own; removed by ``close`` unless ``finish``-ed), so
+    that it can be kept."""
+
+    def __init__(self, dtype: np.dtype, parts: int, path: Path | None = None) -> None:
         self.dtype, self.parts, self.records = dtype, parts, 0
-        self._file = tempfile.TemporaryFile(prefix="cutover-match-")
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "w+b") if path is not None else tempfile.TemporaryFile(prefix="cutover-match-")
         self._chunks: list[tuple[int, np.ndarray]] = []  # (offset in the file, the parts' bounds in records)
         self._size = 0
+        self._finished = False
+
+    @classmethod
+    def load(cls, path: Path) -> Spill | None:
+        """A spill ``finish``-ed by an earlier run, read-only; None if ``path`` is not one."""
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return None
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if size < _TRAILER.size:
+                raise ValueError
+            magic, itemsize, parts, chunks, records = _TRAILER.unpack(os.pread(f.fileno(), _TRAILER.size,
+                                                                               size - _TRAILER.size))
+            dtype = {BASE.itemsize: BASE, NEW.itemsize: NEW}.get(itemsize)
+            table_at = size - _TRAILER.size - 4 * chunks * (parts + 1)
+            if magic != _MAGIC or dtype is None or not 1 <= parts <= MAX_PARTS or chunks < 0 or table_at < 0:
+                raise ValueError
+            table = np.frombuffer(os.pread(f.fileno(), size - _TRAILER.size - table_at, table_at),
+                                  dtype="<i4").reshape(chunks, parts + 1)
+            lengths = table[:, parts].astype(np.int64) * itemsize
+            if int(lengths.sum()) != table_at or int(table[:, parts].sum()) != records:
+                raise ValueError
+        except (OSError, ValueError, struct.error):
+            f.close()
+            return None
+        spill = cls.__new__(cls)
+        spill.dtype, spill.parts, spill.records, spill.path = dtype, int(parts), int(records), Path(path)
+        spill._file, spill._size, spill._finished = f, table_at, True
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).tolist()
+        spill._chunks = list(zip(offsets, table))
+        return spill
 
     def add(self, rows: np.ndarray) -> None:
         """Append a batch of records (an array of ``self.dtype``)."""
@@ -63,6 +112,16 @@ class Spill:
         self._size += len(data)
         self.records += len(rows)
 
+    def finish(self) -> None:
+        """Append the chunk table and trailer and sync the file, so that ``load`` can read it; it is then
+        the caller's to keep or remove (``close`` no longer does). Only for a spill at a ``path``."""
+        table = np.array([bounds for _, bounds in self._chunks], dtype="<i4").reshape(len(self._chunks), self.parts + 1)
+        self._file.write(table.tobytes())
+        self._file.write(_TRAILER.pack(_MAGIC, self.dtype.itemsize, self.parts, len(self._chunks), self.records))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._finished = True
+
     def part(self, p: int) -> np.ndarray:
         """The records of part ``p`` (any thread, once every batch is added)."""
         self._file.flush()
@@ -73,6 +132,8 @@ class Spill:
 
     def close(self) -> None:
         self._file.close()
+        if self.path is not None and not self._finished:
+            self.path.unlink(missing_ok=True)
 
 
 def new_rows(h1: np.ndarray, h2: np.ndarray, start: np.ndarray, stop: np.ndarray, line: np.ndarray,

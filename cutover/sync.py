@@ -35,7 +35,7 @@ import polars as pl
 from psycopg import errors as pgerr
 
 from cutover import bootstrap, csvscan, delta, merge, state
-from cutover.batches import copy_staged, csv_bytes, parse_batch, read_raw, stored_value
+from cutover.batches import as_strings, copy_staged, csv_bytes, index_batch, parse_batch, read_bytes, stored_value
 from cutover.coerce import coerce_noting_rewrites
 from cutover.commit import find_baseline, finish, keep_baseline, lock_for_merge, refuse_mass_delete
 from cutover.pipeline import in_order
@@ -141,19 +141,25 @@ class _NeedsStaging(Exception):
     """The file has rows the direct load cannot judge (see ``load_into_empty_target``)."""
 
 
-def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: Iterable[csvscan.Batch], workers: int):
-    """(batch, COPY bytes, rows typed, rejects, rows read) in file order (see ``cutover.pipeline``)."""
+def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: Iterable[csvscan.Batch], workers: int,
+                     seeds: tuple[int, int] | None = None):
+    """(batch, COPY bytes, rows typed, rejects, rows read, record hashes) in file order (see
+    ``cutover.pipeline``); the records hashed by bytes (``delta.record_rows``) with ``seeds``, if any."""
     in_spec_order = tuple(header.names) == plan.spec.column_names
 
     def parse(batch: csvscan.Batch):
-        raw, lines, ragged, read, verbatim, nul = read_raw(plan, header, batch)
+        buf = read_bytes(plan, batch)
+        idx = index_batch(plan, buf, batch.first_line)
+        raw, lines, ragged, read, verbatim, nul = as_strings(plan, header, buf, idx)
+        records = delta.record_rows(buf, idx, batch.start, seeds) if seeds is not None else None
         typed, rejects, rewritten = coerce_noting_rewrites(raw, plan.spec, lines, nul=nul)
         if ragged.height:
             rejects = pl.concat([rejects, ragged])
         if (verbatim is not None and not rejects.height and not rewritten and in_spec_order
                 and _no_end_marker(verbatim)):  # COPY reads the batch's own bytes as we did: no re-encoding
-            return batch, verbatim, typed.height, rejects, read
-        return batch, csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(stored_value("value")), read
+            return batch, verbatim, typed.height, rejects, read, records
+        return (batch, csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(stored_value("value")), read,
+                records)
 
     return in_order(parse, batches, workers)
 
@@ -175,8 +181,12 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
     or a rejected row whose key a loaded row has. The COPY starts with the scan's first batch: a file
     the scan finds broken further on raises, and the transaction applies nothing."""
     spec = plan.spec
+    # the file's record hashes, kept with the baseline this load leaves: the first diff need not hash it
+    keeper = delta.RecordKeeper(plan, scan.size, workers) if plan.diff_index_bytes else None
 
     def step(conn: psycopg.Connection) -> SyncResult | None:
+        if keeper:
+            keeper.start()
         state.table_lock(conn, spec.name)
         current = state.get_state(conn, spec.name, for_update=True)
         if current.version != base_version:
@@ -197,10 +207,12 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
                         conn.execute(merge.drop_constraint(table, name))
                     with conn.cursor() as cur:
                         with cur.copy(merge.copy_into_target(spec)) as cp:
-                            for batch, rows, staged, rejects, n in _parsed_in_order(
-                                    plan, scan.header, scan.batches(), workers):
+                            for batch, rows, staged, rejects, n, records in _parsed_in_order(
+                                    plan, scan.header, scan.batches(), workers, keeper.seeds if keeper else None):
                                 for i in range(0, len(rows), 1 << 20):
                                     cp.write(rows[i:i + (1 << 20)])
+                                if keeper:
+                                    keeper.add(records, batch.end - batch.start)
                                 if rejects.height:
                                     spool.write(csv_bytes(rejects.select(
                                         pl.lit(str(plan.run_id)).alias("run_id"), pl.all())))
@@ -224,9 +236,13 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
         return finish(conn, plan, scan.finish(), current, started, read=read, loaded=loaded, rejected=rejected,
                        inserted=loaded, updated=0, deleted=0, method="direct")
 
-    result = db.run(step, what=f"first load of {spec.name}")
-    if result is not None:
-        keep_baseline(plan, scan.finish(), result.read)
+    try:
+        result = db.run(step, what=f"first load of {spec.name}")
+        if result is not None:
+            keep_baseline(plan, scan.finish(), result.read, keeper.kept(result) if keeper else None)
+    finally:
+        if keeper:
+            keeper.close()
     return result
 
 

@@ -55,6 +55,12 @@ class SyncPlan:
     def _snapshot_aside(self) -> Path:  # in cutover's own home, for a read-only CSV store
         return self.rejects_file.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.snapshot"
 
+    @property
+    def records_spill(self) -> Path:
+        """Where this run spills its file's record hashes, in cutover's home, to keep them with its
+        baseline (``cutover.baseline``)."""
+        return self.rejects_file.parent / f".{self.csv_path.name}.{self.run_id.hex[:12]}.records"
+
 
 def take_snapshot(plan: SyncPlan) -> None:
     """Freeze the CSV for this run: writers replace the file by rename, so a hard link beside it keeps
@@ -85,10 +91,11 @@ def drop_stale_snapshots(csv_path: Path, dead_runs: list[uuid.UUID], rejects_dir
     for run in dead_runs:
         for folder in (csv_path.parent, rejects_dir):
             if folder is not None:
-                try:
-                    (folder / f".{csv_path.name}.{run.hex[:12]}.snapshot").unlink(missing_ok=True)
-                except OSError:
-                    pass
+                for leftover in ("snapshot", "records"):  # its snapshot; its record hashes (SyncPlan.records_spill)
+                    try:
+                        (folder / f".{csv_path.name}.{run.hex[:12]}.{leftover}").unlink(missing_ok=True)
+                    except OSError:
+                        pass
 
 
 def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:

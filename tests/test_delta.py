@@ -8,8 +8,10 @@ must not judge fall back to the staged path, which the run's ``method`` shows.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,9 @@ from cutover import sync as engine
 from cutover.errors import MassDeleteRefused, StructuralError
 from tests.csvdata import APPROVAL_COLUMNS, LEAD_COLUMNS, approval, lead, write_csv
 from tests.test_sync import EDGE_TEXT
+
+# XXH3-64 of two records under seeds 1 and 2, as polars-hash computed them when the hashes began to be kept
+PINNED_XXH3 = ([9184997277318540948, 4131358773137946850], [7113056417064333913, 8760311267495688009])
 
 
 def _plan(settings, specs, path, table="leads", **kw):
@@ -41,7 +46,7 @@ def _outcome(sql, result, table="leads"):
 
 def _diff_then_staged(db, settings, specs, sql, old, new, table="leads", expect="diff", **kw):
     """(outcome by the diff, outcome by the staged path) of syncing ``new`` over ``old``."""
-    first = _sync(db, settings, specs, old, table, allow_mass_delete=True)
+    first = _sync(db, settings, specs, old, table, **{**kw, "allow_mass_delete": True})  # kept hashes: the same budget
     assert first.method in ("direct", "staged", "diff")
     by_diff = _sync(db, settings, specs, new, table, **kw)
     assert by_diff.method == expect
@@ -214,7 +219,7 @@ def test_no_diff_without_a_memory_budget_or_past_the_parts_it_allows(db, setting
 def test_a_spill_without_room_means_the_staged_path(db, settings, specs, sql, tmp_path, monkeypatch, caplog, side):
     import errno
 
-    from cutover import record_match
+    from cutover import delta, record_match
 
     rows = [lead(i) for i in range(60)]
     old = write_csv(tmp_path / "old.csv", rows)
@@ -227,8 +232,12 @@ def test_a_spill_without_room_means_the_staged_path(db, settings, specs, sql, tm
         add(self, batch)
 
     monkeypatch.setattr(record_match.Spill, "add", full)
+    if side == "baseline":  # the first load's kept hashes would spare the baseline its spill
+        monkeypatch.setattr(delta, "_kept_spill", lambda base, parts: None)
     diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new, expect="staged")
     assert diffed == staged and "no diff: [Errno 28] No space left on device" in caplog.text
+    if side == "new file":  # the first load could not keep its hashes either, and loaded all the same
+        assert "not keeping the record hashes: [Errno 28]" in caplog.text
 
 
 def test_diff_refuses_a_mass_delete_and_applies_nothing(db, settings, specs, sql, tmp_path):
@@ -311,7 +320,9 @@ def test_random_edits_match_the_staged_path(db, settings, specs, sql, tmp_path, 
     diffed, staged = _diff_then_staged(db, settings, specs, sql, old, new, diff_index_mb=1,
                                        batch_bytes=rng.choice([512, 4096, 1 << 20]), allow_mass_delete=True)
     assert diffed == staged
-    assert f"({parts} parts)" in caplog.text
+    # matched in the parts the budget needs, or in more: those the first load kept its hashes in
+    matched_in = [int(m.split("(")[1].split()[0]) for m in caplog.messages if "against the baseline" in m]
+    assert matched_in and matched_in[0] >= parts and (matched_in[0] == parts or "were kept" in caplog.text)
 
 
 def test_the_baseline_is_one_per_table_and_goes_with_a_path_change(db, settings, specs, sql, tmp_path):
@@ -343,6 +354,120 @@ def test_two_homes_syncing_one_folder_keep_a_baseline_each(db, settings, specs, 
     result = _sync(db, settings, specs, write_csv(tmp_path / "next.csv", rows + [lead(20)]))
     assert (result.method, result.inserted) == ("diff", 1)
     assert baseline.find("leads", other_registry) == theirs  # the other home's is untouched
+
+
+def test_a_merge_keeps_its_record_hashes_for_the_next_diff(db, settings, specs, sql, tmp_path, caplog):
+    """A first load, then each diff, keeps its file's record hashes (stable xxh3, secret seeds) with the
+    baseline; the next diff reads them instead of hashing the baseline. Each step's counts are exactly
+    the edits made, and the table ends as a staged load of the last file leaves it. A merge with rejects
+    keeps none (no diff follows it); the staged path keeps none either."""
+    caplog.set_level("INFO", logger="cutover.delta")
+    rng = random.Random(7)
+    rows = [lead(i, notes=rng.choice(EDGE_TEXT + [None])) for i in range(150)]
+    kept = settings.rejects_dir / ".leads.baseline.records"
+    assert _sync(db, settings, specs, write_csv(tmp_path / "v0.csv", rows)).method == "direct"
+    assert kept.exists() and baseline.find("leads", settings.rejects_dir).records.path == kept
+    for version in range(1, 4):
+        gone = set(rng.sample(range(len(rows)), 6))
+        edited = set(rng.sample(sorted(set(range(len(rows))) - gone), 9))
+        rows = [dict(r, notes=f"edit {version}") if i in edited else r for i, r in enumerate(rows) if i not in gone]
+        rows += [lead(1000 * version + i) for i in range(4)]
+        caplog.clear()
+        result = _sync(db, settings, specs, write_csv(tmp_path / f"v{version}.csv", rows))
+        assert "record hashes were kept" in caplog.text and result.method == "diff", version
+        assert _matched_by(caplog) == ["bytes"]  # the kept seeds hash the new file alike: nothing looked rewritten
+        assert (result.inserted, result.updated, result.deleted, result.rejected) == (4, 9, 6, 0)
+        assert baseline.find("leads", settings.rejects_dir).records.path == kept
+    diffed = sql("select md5(string_agg(t::text, '|' order by id)), count(*) from public.leads t")
+    baseline.discard("leads", settings.rejects_dir)
+    assert not kept.exists()  # gone with its baseline
+    sql("truncate public.leads cascade")
+    sql("delete from cutover.table_state")
+    assert _sync(db, settings, specs, tmp_path / "v0.csv").method == "direct"
+    baseline.discard("leads", settings.rejects_dir)
+    assert _sync(db, settings, specs, tmp_path / "v3.csv", allow_mass_delete=True).method == "staged"
+    assert not kept.exists()
+    assert sql("select md5(string_agg(t::text, '|' order by id)), count(*) from public.leads t") == diffed
+    with_reject = write_csv(tmp_path / "v4.csv", rows + [lead(9999, budget="lots")])
+    assert _sync(db, settings, specs, with_reject).rejected == 1 and not kept.exists()
+    assert [p.name for p in settings.rejects_dir.glob(".*.records")] == []  # no run left one behind
+
+
+def test_kept_record_hashes_not_exactly_as_kept_are_hashed_again(db, settings, specs, sql, tmp_path, caplog,
+                                                                  monkeypatch):
+    """Kept hashes touched since (size, inode, mtime), from another hash, in fewer parts than the diff's
+    budget needs, or not one for each record, are not read: the diff hashes the baseline again."""
+    from cutover import delta, record_match
+
+    caplog.set_level("INFO", logger="cutover.delta")
+    rows = [lead(i) for i in range(80)]
+    kept = settings.rejects_dir / ".leads.baseline.records"
+
+    def diff_after(spoil) -> None:
+        if sql("select to_regclass('public.leads') is not null") == [(True,)]:
+            sql("truncate public.leads cascade")
+            sql("delete from cutover.table_state")
+        baseline.discard("leads", settings.rejects_dir)
+        assert _sync(db, settings, specs, write_csv(tmp_path / "old.csv", rows)).method == "direct" and kept.exists()
+        spoil()
+        caplog.clear()
+        result = _sync(db, settings, specs, write_csv(tmp_path / "new.csv", rows[1:] + [lead(500)]))
+        assert (result.method, result.inserted, result.deleted) == ("diff", 1, 1)
+        assert "record hashes were kept" not in caplog.text and "diffing by bytes" in caplog.text
+
+    diff_after(lambda: kept.write_bytes(kept.read_bytes()[:-1] + b"x"))  # same size, new mtime
+    diff_after(lambda: monkeypatch.setattr(delta, "RECORD_HASH", "another hash"))
+    monkeypatch.undo()
+    diff_after(lambda: monkeypatch.setattr(record_match, "MATCH_BYTES", 10 ** 6))  # many more parts needed
+    monkeypatch.undo()
+
+    def truncated() -> None:  # a file that is not a finished spill, recorded as the kept one
+        sidecar = settings.rejects_dir / ".leads.baseline.json"
+        kept.write_bytes(b"not a spill")
+        raw = json.loads(sidecar.read_text())
+        st = kept.stat()
+        raw["records"].update(size=st.st_size, inode=st.st_ino, mtime_ns=st.st_mtime_ns)
+        sidecar.write_text(json.dumps(raw))
+    diff_after(truncated)
+
+
+def test_record_hashes_are_stable_xxh3_under_their_seeds():
+    """Kept hashes must mean the same in a later run, whatever polars version it has: pinned values."""
+    from cutover import csvscan, delta
+
+    buf = b'a,"b\nc",d\n1,2,3\n'
+    idx = csvscan.index_records(buf, 2, Path("t.csv"), count_fields=False)
+    h1, h2 = delta.byte_hashes(buf, idx, np.arange(len(idx)), (1, 2))
+    assert (h1.tolist(), h2.tolist()) == PINNED_XXH3
+    assert delta.byte_hashes(buf, idx, np.arange(len(idx)), (3, 2))[0].tolist() != h1.tolist()
+    empty = csvscan.RecordIndex(*(np.array([0]),) * 5, blank=np.array([False]))
+    # XXH3_64bits(empty input, seed 0), the reference implementation's own test vector
+    assert delta.byte_hashes(b"", empty, np.arange(1), (0, 0))[0].tolist() == [0x2D06800538D394C2]
+
+
+def test_a_finished_spill_loads_back_as_written(tmp_path):
+    from cutover import record_match
+
+    rng = np.random.default_rng(3)
+    spill = record_match.Spill(record_match.NEW, 7, tmp_path / "x.records")
+    for n in (50, 0, 13, 200):
+        spill.add(record_match.new_rows(rng.integers(0, 2 ** 63, n, dtype=np.uint64),
+                                        rng.integers(0, 2 ** 63, n, dtype=np.uint64), np.arange(n), np.arange(n) + 1,
+                                        np.arange(n)))
+    parts = [spill.part(p).tobytes() for p in range(7)]
+    spill.finish()
+    spill.close()
+    assert (tmp_path / "x.records").exists()  # finished: close leaves it
+    loaded = record_match.Spill.load(tmp_path / "x.records")
+    assert (loaded.records, loaded.parts, loaded.dtype) == (263, 7, record_match.NEW)
+    assert [loaded.part(p).tobytes() for p in range(7)] == parts
+    loaded.close()
+    unfinished = record_match.Spill(record_match.NEW, 3, tmp_path / "y.records")
+    unfinished.close()
+    assert not (tmp_path / "y.records").exists()  # not finished: removed
+    (tmp_path / "z.records").write_bytes((tmp_path / "x.records").read_bytes()[:-1])
+    assert record_match.Spill.load(tmp_path / "z.records") is None
+    assert record_match.Spill.load(tmp_path / "missing.records") is None
 
 
 def _records(rng, n):

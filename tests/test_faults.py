@@ -310,7 +310,9 @@ def _sync_kill_campaign(env: dict[str, str], db_url: str, files: dict, *, kills:
                 assert (rejects_file is not None) == bool(rejected), ctx
                 if rejects_file:
                     assert Path(rejects_file).exists(), f"succeeded run {run_id} lost its rejects file ({ctx})"
-        for folder, snap in [(d, n) for d in (data, rejects) for n in _leftovers(d, ".leads.csv.*.snapshot")]:
+        # a run's snapshot, and the record hashes it spills to keep with its baseline
+        for folder, snap in [(d, n) for d in (data, rejects) for pattern in (".leads.csv.*.snapshot", ".leads.csv.*.records")
+                             for n in _leftovers(d, pattern)]:
             hex12 = snap.split(".")[3]
             status = _rows(mon, "select status from cutover.runs where replace(run_id::text, '-', '') like %s",
                            (hex12 + "%",))
