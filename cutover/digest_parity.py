@@ -99,16 +99,18 @@ def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = Tr
     return digests.target_sums(rows)
 
 
-def first_pass(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, workers: int, *,
+def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan], workers: int, *,
                csv_after: Callable[[], None] | None = None) -> tuple[np.ndarray, SourceCounts, int]:
     """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
     table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's.
-    The table is summed from the start; the CSV once ``csv_after`` returns (a caller busy with
-    Python-bound work — an import — lets the database work alone first, in one server process, so
-    that the two share the cores). The CSV is not read when its sums are kept (``kept_sums``)."""
-    kept = kept_sums(plan, fscan)
+    The table is summed from the start, while ``scan`` gives the file's scan (scanning it, if not done
+    yet); the CSV is read once ``csv_after`` returns (a caller busy with Python-bound work — an import —
+    lets the database work alone first, in one server process, so that the two share the cores). The
+    CSV is not read when its sums are kept (``kept_sums``)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
         table = side.submit(target_sums, conn, plan, parallel=csv_after is None)
+        fscan = scan()
+        kept = kept_sums(plan, fscan)
         if kept is None and csv_after is not None:
             csv_after()
         source, counts = kept or read_sums(plan, fscan, workers)
@@ -121,13 +123,13 @@ def exact(counts: SourceCounts, target_rows: int) -> parity.Parity:
                          extra_in_target=0, changed=0, rejected_in_source=0)
 
 
-def compare(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan,
+def compare(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan],
             workers: int) -> tuple[parity.Parity, SourceCounts]:
-    """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``) and its table, in ``conn``'s
-    transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""
-    suspects, counts, target_rows = first_pass(conn, plan, fscan, workers)
+    """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``; ``scan``: see ``first_pass``) and
+    its table, in ``conn``'s transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""
+    suspects, counts, target_rows = first_pass(conn, plan, scan, workers)
     if not len(suspects) and not counts.rejected:
         return exact(counts, target_rows), counts
-    stage_suspects(conn, plan, fscan, suspects, workers)
+    stage_suspects(conn, plan, scan(), suspects, workers)
     found = parity.compare(conn, plan.spec, plan.staging, plan.run_id, buckets=suspects.tolist())
     return replace(found, source_rows=counts.loaded, target_rows=target_rows), counts

@@ -25,6 +25,7 @@ killed on the way is reaped like a killed sync: once its heartbeat is older than
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -211,7 +212,7 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
     with _alive(db, plan):
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
         suspects, counts, _ = db.run(
-            lambda conn: digest_parity.first_pass(conn, stg, fscan, workers, csv_after=gx_runner.wait_warm),
+            lambda conn: digest_parity.first_pass(conn, stg, lambda: fscan, workers, csv_after=gx_runner.wait_warm),
             what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
         return None
@@ -277,13 +278,14 @@ def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict
         raise FileNotFoundError(f"{plan.spec.name}: no CSV to compare with")
     stg = plan.staging
     try:
-        fscan = begin_staging(db, plan)
+        sync.begin(db, stg, kind="validate")
+        scanned = functools.cache(lambda: sync.scan(stg))  # scanned while PostgreSQL sums the table
         with _alive(db, plan):
-            result, counts = db.run(lambda conn: digest_parity.compare(conn, stg, fscan, workers),
+            result, counts = db.run(lambda conn: digest_parity.compare(conn, stg, scanned, workers),
                                     what=f"parity of {plan.spec.name}", snapshot=True)
 
         def end(conn) -> None:
-            _record_source(conn, plan, fscan, counts)
+            _record_source(conn, plan, scanned(), counts)
             _end_staging(conn, plan)
 
         db.run(end, what=f"finish parity of {plan.spec.name}")

@@ -187,6 +187,24 @@ def test_parity_leaves_no_staging_and_records_a_finished_run(db, settings, specs
     assert sql("select line, column_name from cutover.rejects") == [(6, "budget")]
 
 
+def test_a_file_the_scan_finds_broken_fails_the_parity_run_and_names_file_and_line(db, settings, specs, sql):
+    """The file is scanned while PostgreSQL sums the table, inside the comparison's transaction: a
+    structural error still names the file and line, and the run is recorded failed, leaving nothing."""
+    from cutover.errors import StructuralError
+
+    rows = [lead(i) for i in range(5)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    path = settings.csv_path("leads")
+    path.write_bytes(path.read_bytes() + b'"never closed\n')
+    with pytest.raises(StructuralError) as e:
+        validation.parity_only(db, _plan(settings, specs, "leads"), workers=1)
+    assert e.value.path == path and e.value.line == 7 and "unterminated" in str(e.value)
+    assert sql("select status from cutover.runs where kind = 'validate'") == [("failed",)]
+    assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%'") == [(0,)]
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".snapshot")] == []
+
+
 def test_the_digest_transaction_sees_one_snapshot(db):
     assert db.run(lambda conn: conn.execute("show transaction_isolation").fetchone()[0],
                   snapshot=True) == "repeatable read"
