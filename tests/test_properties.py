@@ -64,6 +64,10 @@ def world(pg_server, tmp_path_factory):
         settings = Settings()
         specs = load_specs(settings.spec_dir)
         db = connect(settings)
+        # every connection opened now: the pool grows in a thread of its own and draws a random expiry
+        # (the global ``random``), which Hypothesis, drawing an example meanwhile, takes for its strategy's
+        db.pool.resize(db.pool.max_size)
+        db.pool.wait()
         try:
             yield settings, db, specs, work, conninfo
         finally:
