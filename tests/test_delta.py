@@ -396,7 +396,8 @@ def test_a_merge_keeps_its_record_hashes_for_the_next_diff(db, settings, specs, 
 def test_kept_record_hashes_not_exactly_as_kept_are_hashed_again(db, settings, specs, sql, tmp_path, caplog,
                                                                   monkeypatch):
     """Kept hashes touched since (size, inode, mtime), from another hash, in fewer parts than the diff's
-    budget needs, or not one for each record, are not read: the diff hashes the baseline again."""
+    budget needs, or recorded for a file that is not a finished spill, are not read: the diff hashes the
+    baseline again."""
     from cutover import delta, record_match
 
     caplog.set_level("INFO", logger="cutover.delta")
