@@ -31,10 +31,11 @@ from cutover.syncplan import SyncPlan, _as_source
 MAX_REJECT_VALUE = 500  # characters of a rejected value kept in the rejects table and file
 
 
-def _read(path: Path, batch: csvscan.Batch) -> bytes:
+def read_range(path: Path, start: int, end: int) -> bytes:
+    """Bytes [start, end) of the file at ``path``."""
     with open(path, "rb") as f:
-        f.seek(batch.start)
-        return f.read(batch.end - batch.start)
+        f.seek(start)
+        return f.read(end - start)
 
 
 def stored_value(col: str) -> pl.Expr:
@@ -66,7 +67,7 @@ def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> Ra
 
 
 def read_bytes(plan: SyncPlan, batch: csvscan.Batch) -> bytes:
-    return _read(plan.snapshot, batch)
+    return read_range(plan.snapshot, batch.start, batch.end)
 
 
 def index_batch(plan: SyncPlan, buf: bytes, first_line: int, *, count_fields: bool = True) -> csvscan.RecordIndex:

@@ -103,13 +103,6 @@ def _record_rows(idx: csvscan.RecordIndex) -> np.ndarray:
     return np.flatnonzero(~idx.blank)  # blank lines are not rows
 
 
-def _baseline_bytes(base: Baseline, i: int) -> bytes:
-    start, end = base.batches[i]
-    with open(base.path, "rb") as f:
-        f.seek(start)
-        return f.read(end - start)
-
-
 def spill_baseline(base: Baseline, plan: SyncPlan, workers: int, by: Matching, seeds: tuple[int, int],
                    parts: int) -> record_match.Spill | None:
     """The baseline's records, hashed and spilled by part; None if it does not hold ``base.rows``
@@ -117,7 +110,7 @@ def spill_baseline(base: Baseline, plan: SyncPlan, workers: int, by: Matching, s
     names = list(plan.spec.column_names)
 
     def hashes(i: int) -> np.ndarray | None:
-        buf = _baseline_bytes(base, i)
+        buf = batches.read_range(base.path, *base.batches[i])
         idx = csvscan.index_records(buf, 1, base.path, count_fields=by == "fields")
         rows = _record_rows(idx)
         if by == "fields":
