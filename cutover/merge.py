@@ -21,8 +21,9 @@ A diff's merge (``cutover.delta``) runs the same steps on a staging table that h
 records, with ``diff_collides`` after step 2 and ``delete_gone`` (the keys of the baseline's records
 the file no longer has; its row count is checked against the mass-delete threshold) in place of step 4;
 its staged rows are probed into the target in key order (``_staged``).
-A first load into an empty table (``key_constraints``, ``drop_constraint``, ``add_constraint``) COPYs
-with its keys dropped and adds them back, PostgreSQL's own definitions, in the same transaction.
+A first load into an empty table (``key_constraints``, ``drop_constraint``, ``empty_for_freeze``,
+``add_constraint``) COPYs frozen rows with its keys dropped and adds them back, PostgreSQL's own
+definitions, in the same transaction.
 """
 
 from __future__ import annotations
@@ -60,10 +61,19 @@ def copy_into_staging(spec: TableSpec, staging: str) -> sql.Composed:
     return sql.SQL("copy {} ({}) from stdin (format csv)").format(ident("cutover", staging), cols)
 
 
+def empty_for_freeze(spec: TableSpec) -> sql.Composed:
+    """TRUNCATE of the empty target, once no foreign key refers to it: its rows may then be COPYed frozen."""
+    return sql.SQL("truncate only {}").format(target(spec))
+
+
 def copy_into_target(spec: TableSpec) -> sql.Composed:
-    """The first load of an empty table, straight in (see ``cutover.sync.load_into_empty_target``)."""
+    """The first load of an empty table, straight in (see ``cutover.sync.load_into_empty_target``).
+    FREEZE, as the table was emptied in the load's own savepoint (``empty_for_freeze``): rows land
+    visible to all and frozen, so that the first reader (a parity, a diff) does not write every page
+    again to set its hint bits — with data checksums, as PostgreSQL 18 and Supabase have them, each such
+    page costs 8 KB of WAL, the table's whole size — and vacuum skips them."""
     cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
-    return sql.SQL("copy {} ({}) from stdin (format csv)").format(target(spec), cols)
+    return sql.SQL("copy {} ({}) from stdin (format csv, freeze)").format(target(spec), cols)
 
 
 def key_constraints(spec: TableSpec) -> sql.Composed:

@@ -138,7 +138,8 @@ def merge_run(db: Database, plan: SyncPlan, fscan: csvscan.FileScan, results: It
 
 
 class _NeedsStaging(Exception):
-    """The file has rows the direct load cannot judge (see ``load_into_empty_target``)."""
+    """The direct load gives way to the staged path: the file has rows it cannot judge, or the table
+    has rows after all (see ``load_into_empty_target``)."""
 
 
 def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: Iterable[csvscan.Batch], workers: int,
@@ -173,9 +174,9 @@ def _no_end_marker(buf: bytes) -> bool:
 def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStream, base_version: int,
                            started: float, *, workers: int,
                            on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult | None:
-    """The first load of a table that has no phase and no row, streamed straight into it: ONE COPY in
-    the merge's own transaction, batches parsed by other threads meanwhile — no staging table, no
-    second write of every row. The guarantees are the staging path's (one transaction, read = loaded
+    """The first load of a table that has no phase and no row, streamed straight into it: ONE COPY, of
+    frozen rows (``merge.copy_into_target``), in the merge's own transaction, batches parsed by other
+    threads meanwhile — no staging table, no second write of every row. The guarantees are the staging path's (one transaction, read = loaded
     + rejected). Returns None, having changed nothing, when the file needs the staging path to judge
     it: a key on two rows or a row whose parent is missing (the table's constraints refuse the COPY),
     or a rejected row whose key a loaded row has. The COPY starts with the scan's first batch: a file
@@ -205,6 +206,11 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
                     conn.execute("set local lock_timeout = '20s'")
                     for table, name, _ in constraints:
                         conn.execute(merge.drop_constraint(table, name))
+                    # checked again under the lock dropping its key took: the truncate must not lose a row
+                    # written since the first check
+                    if conn.execute(merge.has_rows(spec)).fetchone()[0]:
+                        raise _NeedsStaging
+                    conn.execute(merge.empty_for_freeze(spec))
                     with conn.cursor() as cur:
                         with cur.copy(merge.copy_into_target(spec)) as cp:
                             for batch, rows, staged, rejects, n, records in _parsed_in_order(

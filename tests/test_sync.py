@@ -144,6 +144,23 @@ def test_a_first_load_goes_straight_into_the_table_unless_the_file_needs_judging
         sql("truncate public.leads cascade; delete from cutover.table_state")
 
 
+def test_a_first_load_leaves_its_rows_frozen(db, settings, specs, tmp_path, sql):
+    """COPY FREEZE: the table's first reader finds every row frozen, so it does not write each page
+    again to set hint bits (8 KB of WAL a page under data checksums), and vacuum need not freeze them."""
+    try:
+        sql("create extension if not exists pageinspect")
+    except psycopg.Error:
+        pytest.skip("the server has no pageinspect to read the rows' header bits with")
+    result = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", [lead(i) for i in range(3000)]))
+    assert (result.method, result.loaded) == ("direct", 3000)
+    frozen = 0x0300  # HEAP_XMIN_COMMITTED | HEAP_XMIN_INVALID
+    [(pages, rows, thawed)] = sql(
+        "select count(distinct b), count(*), count(*) filter (where t_infomask & %s <> %s)"
+        " from generate_series(0, pg_relation_size('public.leads') / current_setting('block_size')::int - 1) b,"
+        " heap_page_items(get_raw_page('public.leads', b::int)) where t_xmin is not null", (frozen, frozen))
+    assert pages > 20 and (rows, thawed) == (3000, 0)
+
+
 @pytest.mark.parametrize("tail,line", [(b'\xff,broken\n', 42), (b'"an unterminated quote\n', 42)])
 def test_a_first_load_found_broken_after_its_first_batches_applies_nothing(db, settings, specs, tmp_path, sql,
                                                                             tail, line):
