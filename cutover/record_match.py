@@ -30,6 +30,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -53,19 +54,31 @@ _TRAILER = struct.Struct("<16sqqqq")  # magic, record size, parts, chunks, recor
 _MAGIC = b"cutover-records1"
 
 
+class _Kept(NamedTuple):
+    file: BinaryIO  # open for reading
+    chunks: list[tuple[int, np.ndarray]]
+    size: int  # of the chunks, without the chunk table and trailer
+    records: int
+
+
 class Spill:
     """One file's records in a temporary file: each batch added is one chunk, its records sorted by part.
     ``path``: a named file there (this process's own; removed by ``close`` unless ``finish``-ed), so
     that it can be kept."""
 
-    def __init__(self, dtype: np.dtype, parts: int, path: Path | None = None) -> None:
-        self.dtype, self.parts, self.records = dtype, parts, 0
-        self.path = path
+    def __init__(self, dtype: np.dtype, parts: int, path: Path | None = None, *, _kept: _Kept | None = None) -> None:
+        """A new, empty spill (``_kept``: a finished one, as ``load`` read it)."""
+        self.dtype, self.parts, self.path = dtype, parts, path
+        if _kept is not None:
+            self._file, self._chunks, self._size, self.records = _kept
+            self._finished = True
+            return
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "w+b") if path is not None else tempfile.TemporaryFile(prefix="cutover-match-")
         self._chunks: list[tuple[int, np.ndarray]] = []  # (offset in the file, the parts' bounds in records)
         self._size = 0
+        self.records = 0
         self._finished = False
 
     @classmethod
@@ -93,12 +106,8 @@ class Spill:
         except (OSError, ValueError, struct.error):
             f.close()
             return None
-        spill = cls.__new__(cls)
-        spill.dtype, spill.parts, spill.records, spill.path = dtype, int(parts), int(records), Path(path)
-        spill._file, spill._size, spill._finished = f, table_at, True
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).tolist()
-        spill._chunks = list(zip(offsets, table))
-        return spill
+        return cls(dtype, int(parts), Path(path), _kept=_Kept(f, list(zip(offsets, table)), table_at, int(records)))
 
     def add(self, rows: np.ndarray) -> None:
         """Append a batch of records (an array of ``self.dtype``)."""
