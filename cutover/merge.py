@@ -69,9 +69,9 @@ def empty_for_freeze(spec: TableSpec) -> sql.Composed:
 def copy_into_target(spec: TableSpec) -> sql.Composed:
     """The first load of an empty table, straight in (see ``cutover.sync.load_into_empty_target``).
     FREEZE, as the table was emptied in the load's own savepoint (``empty_for_freeze``): rows land
-    visible to all and frozen, so that the first reader (a parity, a diff) does not write every page
-    again to set its hint bits — with data checksums, as PostgreSQL 18 and Supabase have them, each such
-    page costs 8 KB of WAL, the table's whole size — and vacuum skips them."""
+    frozen, so that the first reader (a parity, a diff) does not write every page again to set their
+    hint bits — under data checksums (initdb's default since PostgreSQL 18) each such page costs 8 KB of
+    WAL, the table's whole size — and vacuum need not freeze them."""
     cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
     return sql.SQL("copy {} ({}) from stdin (format csv, freeze)").format(target(spec), cols)
 

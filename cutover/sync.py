@@ -176,8 +176,8 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
                            on_batch: Callable[[BatchResult], None] | None = None) -> SyncResult | None:
     """The first load of a table that has no phase and no row, streamed straight into it: ONE COPY, of
     frozen rows (``merge.copy_into_target``), in the merge's own transaction, batches parsed by other
-    threads meanwhile — no staging table, no second write of every row. The guarantees are the staging path's (one transaction, read = loaded
-    + rejected). Returns None, having changed nothing, when the file needs the staging path to judge
+    threads meanwhile — no staging table, no second write of every row. The guarantees are the staging
+    path's (one transaction, read = loaded + rejected). Returns None, having changed nothing, when the file needs the staging path to judge
     it: a key on two rows or a row whose parent is missing (the table's constraints refuse the COPY),
     or a rejected row whose key a loaded row has. The COPY starts with the scan's first batch: a file
     the scan finds broken further on raises, and the transaction applies nothing."""
