@@ -21,9 +21,9 @@ A diff's merge (``cutover.delta``) runs the same steps on a staging table that h
 records, with ``diff_collides`` after step 2 and ``delete_gone`` (the keys of the baseline's records
 the file no longer has; its row count is checked against the mass-delete threshold) in place of step 4;
 its staged rows are probed into the target in key order (``_staged``).
-A first load into an empty table (``key_constraints``, ``drop_constraint``, ``empty_for_freeze``,
-``add_constraint``) COPYs frozen rows with its keys dropped and adds them back, PostgreSQL's own
-definitions, in the same transaction.
+A first load into an empty table (``key_constraints``, ``drop_constraint``, ``truncate_unseen``,
+``empty_for_freeze``, ``add_constraint``) COPYs frozen rows with its keys dropped and adds them back,
+PostgreSQL's own definitions, in the same transaction.
 """
 
 from __future__ import annotations
@@ -61,19 +61,34 @@ def copy_into_staging(spec: TableSpec, staging: str) -> sql.Composed:
     return sql.SQL("copy {} ({}) from stdin (format csv)").format(ident("cutover", staging), cols)
 
 
+def truncate_unseen(spec: TableSpec) -> sql.Composed:
+    """Whether a TRUNCATE of the target would go unseen: no truncate trigger but cutover's own, and no
+    publication that publishes truncates. A user's audit trigger or a subscriber must never see a first
+    load as a TRUNCATE, even of an empty table."""
+    return sql.SQL("""select not exists (
+  select 1 from pg_trigger g join pg_proc f on f.oid = g.tgfoid
+  where g.tgrelid = {t}::regclass and not g.tgisinternal and g.tgtype & 32 <> 0
+    and f.pronamespace <> 'cutover'::regnamespace
+) and not exists (
+  select 1 from pg_publication_tables pt join pg_publication p on p.pubname = pt.pubname
+  where p.pubtruncate and format('%I.%I', pt.schemaname, pt.tablename)::regclass = {t}::regclass
+)""").format(t=sql.Literal(target(spec).as_string(None)))
+
+
 def empty_for_freeze(spec: TableSpec) -> sql.Composed:
     """TRUNCATE of the empty target, once no foreign key refers to it: its rows may then be COPYed frozen."""
     return sql.SQL("truncate only {}").format(target(spec))
 
 
-def copy_into_target(spec: TableSpec) -> sql.Composed:
+def copy_into_target(spec: TableSpec, *, freeze: bool) -> sql.Composed:
     """The first load of an empty table, straight in (see ``cutover.sync.load_into_empty_target``).
-    FREEZE, as the table was emptied in the load's own savepoint (``empty_for_freeze``): rows land
+    ``freeze`` when the table was emptied in the load's own savepoint (``empty_for_freeze``): rows land
     frozen, so that the first reader (a parity, a diff) does not write every page again to set their
     hint bits — under data checksums (initdb's default since PostgreSQL 18) each such page costs 8 KB of
     WAL, the table's whole size — and vacuum need not freeze them."""
     cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
-    return sql.SQL("copy {} ({}) from stdin (format csv, freeze)").format(target(spec), cols)
+    return sql.SQL("copy {} ({}) from stdin (format csv{})").format(target(spec), cols,
+                                                                   sql.SQL(", freeze" if freeze else ""))
 
 
 def key_constraints(spec: TableSpec) -> sql.Composed:

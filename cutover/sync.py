@@ -210,9 +210,11 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
                     # written since the first check
                     if conn.execute(merge.has_rows(spec)).fetchone()[0]:
                         raise _NeedsStaging
-                    conn.execute(merge.empty_for_freeze(spec))
+                    freeze = conn.execute(merge.truncate_unseen(spec)).fetchone()[0]
+                    if freeze:
+                        conn.execute(merge.empty_for_freeze(spec))
                     with conn.cursor() as cur:
-                        with cur.copy(merge.copy_into_target(spec)) as cp:
+                        with cur.copy(merge.copy_into_target(spec, freeze=freeze)) as cp:
                             for batch, rows, staged, rejects, n, records in _parsed_in_order(
                                     plan, scan.header, scan.batches(), workers, keeper.seeds if keeper else None):
                                 for i in range(0, len(rows), 1 << 20):

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 
 from cutover import sync as engine
+from cutover.bootstrap import bootstrap
 from cutover.errors import ConcurrentChange, MassDeleteRefused, PhaseError, StructuralError
 from cutover.export import export_table
 from tests.conftest import ROOT
@@ -144,6 +146,16 @@ def test_a_first_load_goes_straight_into_the_table_unless_the_file_needs_judging
         sql("truncate public.leads cascade; delete from cutover.table_state")
 
 
+def _thawed_rows(sql) -> tuple[int, int, int]:
+    """(pages, rows, rows not frozen) of public.leads, from the rows' header bits (pageinspect)."""
+    frozen = 0x0300  # HEAP_XMIN_COMMITTED | HEAP_XMIN_INVALID
+    [counts] = sql(
+        "select count(distinct b), count(*), count(*) filter (where t_infomask & %s <> %s)"
+        " from generate_series(0, pg_relation_size('public.leads') / current_setting('block_size')::int - 1) b,"
+        " heap_page_items(get_raw_page('public.leads', b::int)) where t_xmin is not null", (frozen, frozen))
+    return counts
+
+
 def test_a_first_load_leaves_its_rows_frozen(db, settings, specs, tmp_path, sql):
     """COPY FREEZE: the table's first reader finds every row frozen, so it does not write each page
     again to set hint bits (8 KB of WAL a page under data checksums), and vacuum need not freeze them."""
@@ -153,12 +165,32 @@ def test_a_first_load_leaves_its_rows_frozen(db, settings, specs, tmp_path, sql)
         pytest.skip("the server has no pageinspect to read the rows' header bits with")
     result = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", [lead(i) for i in range(3000)]))
     assert (result.method, result.loaded) == ("direct", 3000)
-    frozen = 0x0300  # HEAP_XMIN_COMMITTED | HEAP_XMIN_INVALID
-    [(pages, rows, thawed)] = sql(
-        "select count(distinct b), count(*), count(*) filter (where t_infomask & %s <> %s)"
-        " from generate_series(0, pg_relation_size('public.leads') / current_setting('block_size')::int - 1) b,"
-        " heap_page_items(get_raw_page('public.leads', b::int)) where t_xmin is not null", (frozen, frozen))
+    pages, rows, thawed = _thawed_rows(sql)
     assert pages > 20 and (rows, thawed) == (3000, 0)
+
+
+@pytest.mark.parametrize("watcher", [
+    "create table public.audit (op text); create function public.audit() returns trigger language plpgsql as"
+    " $$ begin insert into public.audit values (tg_op); return null; end $$; create trigger audit after"
+    " truncate on public.leads for each statement execute function public.audit()",
+    "create publication leads_feed for table public.leads",
+])
+def test_a_first_load_no_truncate_watcher_would_see_is_not_frozen(db, settings, specs, tmp_path, sql, watcher):
+    """Freezing takes a TRUNCATE of the empty table: never when a user's truncate trigger or a
+    publication of truncates would see one. The load is then a plain COPY."""
+    try:
+        sql("create extension if not exists pageinspect")
+    except psycopg.Error:
+        pytest.skip("the server has no pageinspect to read the rows' header bits with")
+    db.run(lambda conn: bootstrap(conn, specs))  # the tables, to watch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sql(watcher)
+    result = _sync(db, settings, specs, write_csv(tmp_path / "leads.csv", [lead(i) for i in range(300)]))
+    assert (result.method, result.loaded) == ("direct", 300)
+    assert _thawed_rows(sql)[1:] == (300, 300)
+    if "audit" in watcher:
+        assert sql("select count(*) from public.audit") == [(0,)]
 
 
 @pytest.mark.parametrize("tail,line", [(b'\xff,broken\n', 42), (b'"an unterminated quote\n', 42)])
