@@ -65,13 +65,15 @@ def truncate_unseen(spec: TableSpec) -> sql.Composed:
     """Whether a TRUNCATE of the target would go unseen: no truncate trigger but cutover's own, and no
     publication that publishes truncates. A user's audit trigger or a subscriber must never see a first
     load as a TRUNCATE, even of an empty table."""
+    # tgtype bit 5 (32): a TRUNCATE trigger; pg_publication_tables also lists FOR ALL TABLES and schema members
     return sql.SQL("""select not exists (
   select 1 from pg_trigger g join pg_proc f on f.oid = g.tgfoid
-  where g.tgrelid = {t}::regclass and not g.tgisinternal and g.tgtype & 32 <> 0
+  where g.tgrelid = {t}::regclass and not g.tgisinternal and (g.tgtype & 32) <> 0
     and f.pronamespace <> 'cutover'::regnamespace
 ) and not exists (
   select 1 from pg_publication_tables pt join pg_publication p on p.pubname = pt.pubname
-  where p.pubtruncate and format('%I.%I', pt.schemaname, pt.tablename)::regclass = {t}::regclass
+    join pg_namespace n on n.nspname = pt.schemaname join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
+  where p.pubtruncate and c.oid = {t}::regclass
 )""").format(t=sql.Literal(target(spec).as_string(None)))
 
 
