@@ -16,12 +16,14 @@ One database for the whole module (created here, dropped at the end); each examp
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
+import psycopg_pool.base
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -61,13 +63,13 @@ def world(pg_server, tmp_path_factory):
         from cutover.settings import Settings
         from cutover.spec import load_specs
 
+        # the pool opens and replaces connections in threads of its own, drawing each one's expiry jitter
+        # from the global ``random``: Hypothesis, drawing an example meanwhile, would take that for its
+        # strategy's use of it (HypothesisDeprecationWarning). The pool's draws come from its own Random.
+        mp.setattr(psycopg_pool.base, "random", random.Random().random)
         settings = Settings()
         specs = load_specs(settings.spec_dir)
         db = connect(settings)
-        # every connection opened now: the pool grows in a thread of its own and draws a random expiry
-        # (the global ``random``), which Hypothesis, drawing an example meanwhile, takes for its strategy's
-        db.pool.resize(db.pool.max_size)
-        db.pool.wait()
         try:
             yield settings, db, specs, work, conninfo
         finally:
