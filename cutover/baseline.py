@@ -109,10 +109,7 @@ def keep(snapshot: Path, table: str, fscan: FileScan, rows: int, registry: Path,
                           records=hashes)
         registry.mkdir(parents=True, exist_ok=True)
         with atomic_write(sidecar) as f:
-            raw = asdict(record)
-            if hashes is not None:
-                raw["records"]["path"] = str(kept)
-            f.write(json.dumps({**raw, "path": str(data)}).encode())
+            f.write(json.dumps(asdict(record), default=str).encode())  # paths as text
     except OSError as exc:
         log.warning("could not keep %s's baseline (the next sync loads the whole file): %s", table, exc)
         _unlink(sidecar, snapshot, kept, *([records[0]] if records else []))

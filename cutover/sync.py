@@ -177,10 +177,11 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
     """The first load of a table that has no phase and no row, streamed straight into it: ONE COPY, of
     frozen rows (``merge.copy_into_target``), in the merge's own transaction, batches parsed by other
     threads meanwhile — no staging table, no second write of every row. The guarantees are the staging
-    path's (one transaction, read = loaded + rejected). Returns None, having changed nothing, when the file needs the staging path to judge
-    it: a key on two rows or a row whose parent is missing (the table's constraints refuse the COPY),
-    or a rejected row whose key a loaded row has. The COPY starts with the scan's first batch: a file
-    the scan finds broken further on raises, and the transaction applies nothing."""
+    path's (one transaction, read = loaded + rejected). Returns None, having changed nothing, when the
+    file needs the staging path to judge it: a key on two rows or a row whose parent is missing (the
+    table's constraints refuse the COPY), or a rejected row whose key a loaded row has. The COPY starts
+    with the scan's first batch: a file the scan finds broken further on raises, and the transaction
+    applies nothing."""
     spec = plan.spec
     # the file's record hashes, kept with the baseline this load leaves: the first diff need not hash it
     keeper = delta.RecordKeeper(plan, scan.size, workers) if plan.diff_index_bytes else None
