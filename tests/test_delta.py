@@ -446,6 +446,31 @@ def test_record_hashes_are_stable_xxh3_under_their_seeds():
     assert delta.byte_hashes(b"", empty, np.arange(1), (0, 0))[0].tolist() == [0x2D06800538D394C2]
 
 
+def test_record_hashes_equal_each_record_hashed_on_its_own():
+    """Records sliced out of the batch (short ones held inline, long ones pointing into the batch's
+    buffer) hash exactly as each record's own bytes do, line end included."""
+    import polars as pl
+    import polars_hash as plh
+
+    from cutover import csvscan, delta
+
+    rng = random.Random(7)
+    pieces = ["", "x", "é", "ü€", "a,b", '"q\nq"', '"a,""b"""', "\r"]
+    records = [",".join(rng.choice(pieces) * rng.randint(1, 12) for _ in range(rng.randint(1, 4)))
+               + rng.choice(["\n", "\r\n"]) for _ in range(300)]
+    buf = "".join(records).encode() + "last,record,without,a,line,end".encode()
+    idx = csvscan.index_records(buf, 1, Path("t.csv"), count_fields=False)
+    rows = np.flatnonzero(~idx.blank)
+    h1, h2 = delta.byte_hashes(buf, idx, rows, (11, 13))
+    alone = pl.Series("r", [buf[s:t] for s, t in zip(idx.starts[rows].tolist(),
+                                                     np.append(idx.starts, len(buf))[rows + 1].tolist())],
+                      dtype=pl.Binary).to_frame()
+    expected = alone.select(plh.col("r").nchash.xxh3_64(seed=11).alias("h1"),
+                            plh.col("r").nchash.xxh3_64(seed=13).alias("h2"))
+    assert len(rows) > 250 and max(np.diff(np.append(idx.starts, len(buf)))) > 12
+    assert h1.tolist() == expected["h1"].to_list() and h2.tolist() == expected["h2"].to_list()
+
+
 def test_a_finished_spill_loads_back_as_written(tmp_path):
     from cutover import record_match
 
