@@ -347,7 +347,7 @@ def test_sigkill_between_staging_and_merge_leaves_the_target_unchanged(db, setti
     proc = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "cutover"), "sync", "--table", "leads", "--json", "--allow-mass-delete"],
         env={**os.environ, **env, "CUTOVER_BATCH_BYTES": str(256 * 1024), "CUTOVER_WORKERS": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # never read: pipes would be left open
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until the run has staged some batches
