@@ -45,6 +45,8 @@ PROPS = hsettings(max_examples=EXAMPLES, deadline=None, database=None, print_blo
 
 # --- the module's database -------------------------------------------------------------------------
 
+_GLOBAL_STATE = {"seed", "getstate", "setstate"}  # what Hypothesis itself does with the global ``random``
+
 @pytest.fixture(scope="module")
 def world(pg_server, tmp_path_factory):
     """(settings, db, specs, workdir, conninfo) on one database shared by every example of the module."""
@@ -63,10 +65,16 @@ def world(pg_server, tmp_path_factory):
         from cutover.settings import Settings
         from cutover.spec import load_specs
 
-        # the pool opens and replaces connections in threads of its own, drawing each one's expiry jitter
-        # from the global ``random``: Hypothesis, drawing an example meanwhile, would take that for its
-        # strategy's use of it (HypothesisDeprecationWarning). The pool's draws come from its own Random.
-        mp.setattr(psycopg_pool.base, "random", random.Random().random)
+        # Threads of their own draw from the global ``random`` while Hypothesis draws an example, which
+        # it takes for its strategy's use of it (HypothesisDeprecationWarning): the pool, the expiry
+        # jitter of the connections it opens and replaces; Prefect, the reconnect backoff of observers
+        # that earlier modules' flows left running. Their draws come from a Random of their own; the
+        # global state, which Hypothesis seeds and checks, is left to it.
+        private = random.Random()
+        mp.setattr(psycopg_pool.base, "random", private.random)  # bound at import: ``from random import random``
+        for name in random.__all__:
+            if getattr(getattr(random, name), "__self__", None) is random._inst and name not in _GLOBAL_STATE:
+                mp.setattr(random, name, getattr(private, name))
         settings = Settings()
         specs = load_specs(settings.spec_dir)
         db = connect(settings)
