@@ -66,10 +66,11 @@ def world(pg_server, tmp_path_factory):
         from cutover.spec import load_specs
 
         # Threads of their own draw from the global ``random`` while Hypothesis draws an example, which
-        # it takes for its strategy's use of it (HypothesisDeprecationWarning): the pool, the expiry
-        # jitter of the connections it opens and replaces; Prefect, the reconnect backoff of observers
-        # that earlier modules' flows left running. Their draws come from a Random of their own; the
-        # global state, which Hypothesis seeds and checks, is left to it.
+        # it takes for its strategy's use of it (HypothesisDeprecationWarning): the pool, for the expiry
+        # jitter of the connections it opens and replaces, and others once it no longer did (Prefect's
+        # observers, say, which earlier modules' flows may leave running, back off with random.uniform).
+        # Their draws come from a Random of their own; the global state, which Hypothesis seeds and
+        # checks, is left to it.
         private = random.Random()
         mp.setattr(psycopg_pool.base, "random", private.random)  # bound at import: ``from random import random``
         for name in random.__all__:
