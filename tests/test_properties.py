@@ -47,6 +47,7 @@ PROPS = hsettings(max_examples=EXAMPLES, deadline=None, database=None, print_blo
 
 _GLOBAL_STATE = {"seed", "getstate", "setstate"}  # what Hypothesis itself does with the global ``random``
 
+
 @pytest.fixture(scope="module")
 def world(pg_server, tmp_path_factory):
     """(settings, db, specs, workdir, conninfo) on one database shared by every example of the module."""
