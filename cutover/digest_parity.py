@@ -40,21 +40,31 @@ class SourceCounts:
     rejected: int
 
 
-def _typed_batches(plan: SyncPlan, fscan: csvscan.FileScan, workers: int):
-    def parse(batch: csvscan.Batch):
-        raw, lines, ragged, read, verbatim, nul = batches.read_raw(plan, fscan.header, batch)
-        typed, rejects = batches.type_rows(plan, raw, lines, ragged, nul=nul, instants=True)
-        return typed, rejects, read, verbatim is not None and digests.SEPARATOR.encode() not in verbatim
+def _typed(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch):
+    """A batch read and typed by the loader's code: (typed rows, rejects, records read, separator-free)."""
+    raw, lines, ragged, read, verbatim, nul = batches.read_raw(plan, fscan.header, batch)
+    typed, rejects = batches.type_rows(plan, raw, lines, ragged, nul=nul, instants=True)
+    return typed, rejects, read, verbatim is not None and digests.SEPARATOR.encode() not in verbatim
 
-    return in_order(parse, fscan.batches, workers)
+
+def _typed_batches(plan: SyncPlan, fscan: csvscan.FileScan, workers: int):
+    return in_order(lambda batch: _typed(plan, fscan, batch), fscan.batches, workers)
+
+
+def _batch_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch) -> tuple[digests.Sums, SourceCounts]:
+    typed, rejects, read, separator_free = _typed(plan, fscan, batch)
+    sums = digests.Sums.empty()
+    digests.source_sums(typed, plan.spec, into=sums, separator_free=separator_free)
+    return sums, SourceCounts(read, typed.height, rejects.height)
 
 
 def csv_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
-    """Pass 1 over the CSV: its bucket sums and counts; nothing is written."""
+    """Pass 1 over the CSV: its bucket sums and counts; nothing is written. Each worker sums its own
+    batch, so that a batch's typed rows die in the worker (fewer batches alive at once)."""
     sums, read, loaded, rejected = digests.Sums.empty(), 0, 0, 0
-    for typed, rejects, n, separator_free in _typed_batches(plan, fscan, workers):
-        digests.source_sums(typed, plan.spec, into=sums, separator_free=separator_free)
-        read, loaded, rejected = read + n, loaded + typed.height, rejected + rejects.height
+    for part, counts in in_order(lambda batch: _batch_sums(plan, fscan, batch), fscan.batches, workers):
+        sums.fold(part)
+        read, loaded, rejected = read + counts.read, loaded + counts.loaded, rejected + counts.rejected
     return sums, SourceCounts(read, loaded, rejected)
 
 

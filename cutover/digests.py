@@ -66,6 +66,13 @@ class Sums:
     def total(self) -> int:
         return int(self.rows.sum())
 
+    def fold(self, other: Sums) -> None:
+        """Fold in another part's sums (of other rows)."""
+        np.add(self.rows, other.rows, out=self.rows)
+        np.bitwise_xor(self.x0, other.x0, out=self.x0)
+        np.bitwise_xor(self.x1, other.x1, out=self.x1)
+        np.logical_or(self.untrusted, other.untrusted, out=self.untrusted)
+
     def add(self, frame: pl.DataFrame) -> None:
         """Fold in a frame of (bucket, rows, x0, x1[, untrusted]) with one row per bucket."""
         at = frame["bucket"].to_numpy()

@@ -174,6 +174,25 @@ def test_random_edits_match_the_staged_comparison(db, settings, specs, seed):
     _both(db, settings, specs, workers=2)
 
 
+def test_batches_summed_apart_fold_into_the_tables_sums(db, settings, specs):
+    """Each worker sums its own batches; folded together they are the table's sums, bucket for bucket."""
+    write_csv(settings.csv_path("leads"), [lead(i) for i in range(400)])
+    _sync(db, settings, specs)
+    plan = validation.plan_validation(specs["leads"], specs, settings.csv_path("leads"),
+                                      rejects_dir=settings.rejects_dir, batch_bytes=4096,
+                                      suites_dir=settings.expectations_dir, reports_dir=settings.reports_dir).staging
+    fscan = engine.scan(plan)
+    try:
+        apart = {workers: digest_parity.csv_sums(plan, fscan, workers) for workers in (1, 2, 3)}
+        target = db.run(lambda conn: digest_parity.target_sums(conn, plan))
+        assert len(list(fscan.batches)) > 20
+    finally:
+        engine.drop_snapshot(plan)
+    for sums, counts in apart.values():
+        assert counts == digest_parity.SourceCounts(read=400, loaded=400, rejected=0)
+        assert len(digests.suspects(sums, target)) == 0 and sums.total == target.total == 400
+
+
 def test_parity_leaves_no_staging_and_records_a_finished_run(db, settings, specs, sql):
     rows = [lead(i) for i in range(5)]
     write_csv(settings.csv_path("leads"), rows)
