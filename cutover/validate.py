@@ -209,10 +209,14 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
     """The CSV's counts when its typed rows are exactly the table's (``digest_parity.first_pass``: no
     suspect bucket, no reject), recorded on the run; None when they are not."""
     stg = plan.staging
+    # The table is summed by one server process, which takes a core, and GX (~100 MB) shares this one:
+    # the CSV's pass reads one batch fewer at a time (each holds ~40 MB of polars' working memory).
+    csv_workers = max(1, workers - 1)
     with _alive(db, plan):
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
         suspects, counts, _ = db.run(
-            lambda conn: digest_parity.first_pass(conn, stg, lambda: fscan, workers, csv_after=gx_runner.wait_warm),
+            lambda conn: digest_parity.first_pass(conn, stg, lambda: fscan, csv_workers,
+                                                  csv_after=gx_runner.wait_warm),
             what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
         return None
