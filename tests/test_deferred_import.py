@@ -14,9 +14,9 @@ import pytest
 
 
 def _run(code: str, path: Path) -> dict:
+    env = {"PYTHONPATH": f"{path}:{Path(__file__).parents[1]}", "GX_ANALYTICS_ENABLED": "false", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=path, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": f"{path}:{Path(__file__).parents[1]}", "GX_ANALYTICS_ENABLED": "false",
-                                            "PATH": "/usr/bin:/bin"})
+                          timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -26,8 +26,10 @@ def heavy(tmp_path: Path) -> Path:
     """A package whose import leaves a mark (one line per execution), with a submodule."""
     pkg = tmp_path / "heavy_pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("import pathlib\nwith open(pathlib.Path(__file__).parent.parent / 'marks', 'a') as f:"
-                                     "\n    f.write('imported\\n')\nvalue = 42\n")
+    (pkg / "__init__.py").write_text("import pathlib\n"
+                                     "with open(pathlib.Path(__file__).parent.parent / 'marks', 'a') as f:\n"
+                                     "    f.write('imported\\n')\n"
+                                     "value = 42\n")
     (pkg / "sub.py").write_text("answer = 'sub'\n")
     return tmp_path
 
