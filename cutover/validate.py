@@ -210,7 +210,7 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
     suspect bucket, no reject), recorded on the run; None when they are not."""
     stg = plan.staging
     # The table is summed by one server process, which takes a core, and GX (~100 MB) shares this one:
-    # the CSV's pass reads one batch fewer at a time (each holds ~40 MB of working memory).
+    # the CSV's pass reads one batch fewer at a time (each holds ~45 MB of working memory).
     csv_workers = max(1, workers - 1)
     with _alive(db, plan):
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
