@@ -47,10 +47,6 @@ def _typed(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch):
     return typed, rejects, read, verbatim is not None and digests.SEPARATOR.encode() not in verbatim
 
 
-def _typed_batches(plan: SyncPlan, fscan: csvscan.FileScan, workers: int):
-    return in_order(lambda batch: _typed(plan, fscan, batch), fscan.batches, workers)
-
-
 def _batch_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch) -> tuple[digests.Sums, SourceCounts]:
     typed, rejects, read, separator_free = _typed(plan, fscan, batch)
     sums = digests.Sums.empty()
@@ -89,7 +85,7 @@ def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.File
                    workers: int) -> None:
     """Pass 2: the CSV's rows of ``buckets`` into the run's staging table, every reject into the run's
     rejects, through ``conn``."""
-    for typed, rejects, *_ in _typed_batches(plan, fscan, workers):
+    for typed, rejects, *_ in in_order(lambda batch: _typed(plan, fscan, batch), fscan.batches, workers):
         rows = digests.in_buckets(typed, plan.spec, buckets) if len(buckets) else typed.clear()
         if rows.height or rejects.height:
             batches.copy_staged(conn, plan, batches.csv_bytes(rows.select(*plan.spec.column_names, "_line")), rejects)
