@@ -18,6 +18,9 @@ Nothing here strips whitespace or changes text: text round-trips byte for byte.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import polars as pl
 
 from cutover.spec import Column, TableSpec
@@ -137,25 +140,75 @@ def fast_timestamp(col: pl.Expr) -> pl.Expr:
 
 
 def _fast_instant(col: pl.Expr) -> pl.Expr:
+    """The instant of a value of the fast shape, read by position: its first 19 characters by a fixed
+    format without fraction or offset (polars' quickest parse: a format with ``%.f%:z`` costs twice the
+    whole of this), then the fraction and the offset, whose places its length and last character tell."""
     # PostgreSQL reads "T" and " " between date and time alike
-    return col.str.replace(" ", "T", literal=True).str.replace("Z", "+00:00", literal=True).str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=True)
+    wall = col.str.replace(" ", "T", literal=True).str.head(19).str.to_datetime(
+        "%Y-%m-%dT%H:%M:%S", time_unit="us", strict=True).dt.epoch("us")
+    zulu = col.str.ends_with("Z")
+    digits = col.str.len_bytes().cast(pl.Int64) - pl.when(zulu).then(21).otherwise(26)  # after the point
+    micros = col.str.slice(20, digits.clip(0)).str.pad_end(6, "0").str.to_integer(dtype=pl.Int64)
+    minutes = (col.str.slice(-5, 2).str.to_integer(dtype=pl.Int64, strict=False) * 60
+               + col.str.slice(-2, 2).str.to_integer(dtype=pl.Int64, strict=False))
+    offset = pl.when(zulu).then(0).when(col.str.slice(-6, 1) == "-").then(-minutes).otherwise(minutes)
+    return (wall + micros - offset * 60_000_000).cast(pl.Datetime("us", "UTC"))
+
+
+@dataclass(frozen=True, eq=False)
+class _Exprs:
+    """One spec's typing expressions, built once: polars expressions are immutable and reusable, and
+    building them is Python work (holding the GIL) that would otherwise be paid again on every batch."""
+
+    checks: tuple[pl.Expr, ...]  # each column's reject reason or null, as ``_why_<i>``
+    bad: pl.Expr  # whether a row has any reason
+    values: tuple[pl.Expr, ...]  # each column's canonical value, then ``_line`` and the instants kept
+    first: pl.Expr  # a failing row's first reason: struct of column, value, reason
+    key: pl.Expr  # a failing row's key, as the rejects table keeps it
+
+
+@lru_cache(maxsize=64)
+def _typing(spec: TableSpec, fast: bool, nul: bool, instants: bool) -> _Exprs:
+    rules = {c.name: column_rule(c, nul=nul) for c in spec.columns}
+    if fast:  # see FAST_TS_RE: the value as written; a missing required one is still a reject
+        rules = {c.name: (pl.col(c.name), pl.when(pl.col(c.name).is_null() & (not c.nullable))
+                          .then(pl.lit("required value is missing")))
+                 if c.type == "timestamptz" else rules[c.name] for c in spec.columns}
+    why = [f"_why_{i}" for i in range(len(rules))]
+    # the first failing column of each row (built on the few failing rows only)
+    first = pl.coalesce([pl.when(pl.col(w).is_not_null()).then(pl.struct(
+        column=pl.lit(name), value=pl.col(name), reason=pl.col(w))) for name, w in zip(rules, why)])
+    pk = spec.primary_key
+    key = pl.when(pl.col(pk).str.contains(UUID_RE)).then(pl.col(pk).str.to_lowercase()) \
+        if spec.column(pk).type == "uuid" else pl.col(pk)
+    return _Exprs(checks=tuple(reason.alias(w) for (_, reason), w in zip(rules.values(), why)),
+                  bad=pl.any_horizontal(pl.col(w).is_not_null() for w in why),
+                  values=(*(value.alias(name) for name, (value, _) in rules.items()), pl.col("_line"),
+                          *(_instants(spec, fast) if instants else [])),
+                  first=first.alias("_reject"), key=key.alias("key"))
+
+
+@lru_cache(maxsize=64)
+def _fast_shape(spec: TableSpec) -> tuple[pl.Expr, tuple[pl.Expr, ...]]:
+    """(whether a row's every timestamp has the fast shape, the fast rows' instants)."""
+    stamps = [c for c in spec.columns if c.type == "timestamptz"]
+    return (pl.all_horizontal([pl.col(c.name).is_null() | fast_timestamp(pl.col(c.name)) for c in stamps]),
+            tuple(_fast_instant(pl.col(c.name)).alias(instant_column(c.name)) for c in stamps))
 
 
 def _split_fast(raw: pl.DataFrame, spec: TableSpec, instants: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rows whose every timestamp has the fast shape, the others); ``instants``: the fast rows carry
     each timestamp's instant (``instant_column``)."""
-    stamps = [c for c in spec.columns if c.type == "timestamptz"]
-    if not stamps or raw.height == 0:
+    if not any(c.type == "timestamptz" for c in spec.columns) or raw.height == 0:
         return raw.clear(), raw
-    fast = raw.select(pl.all_horizontal(
-        [pl.col(c.name).is_null() | fast_timestamp(pl.col(c.name)) for c in stamps])).to_series()
+    shape, fast_instants = _fast_shape(spec)
+    fast = raw.select(shape).to_series()
     if not fast.all():
         raw, general = raw.filter(fast), raw.filter(~fast)
     else:
         general = raw.clear()
     if instants:
-        raw = raw.with_columns(_fast_instant(pl.col(c.name)).alias(instant_column(c.name)) for c in stamps)
+        raw = raw.with_columns(fast_instants)
     return raw, general
 
 
@@ -170,30 +223,14 @@ def _instants(spec: TableSpec, fast: bool) -> list[pl.Expr]:
 
 def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool,
            instants: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
-    rules = {c.name: column_rule(c, nul=nul) for c in spec.columns}
-    kept = _instants(spec, fast) if instants else []
-    if fast:  # see FAST_TS_RE: the value as written; a missing required one is still a reject
-        rules = {c.name: (pl.col(c.name), rules[c.name][1]) if c.type != "timestamptz"
-                 else (pl.col(c.name), pl.when(pl.col(c.name).is_null() & (not c.nullable))
-                       .then(pl.lit("required value is missing")))
-                 for c in spec.columns}
-    reasons = {name: reason for name, (_, reason) in rules.items()}
-    checked = frame.with_columns(**{f"_why_{i}": r for i, r in enumerate(reasons.values())})
-    why = [f"_why_{i}" for i in range(len(reasons))]
-    bad = checked.select(pl.any_horizontal(pl.col(w).is_not_null() for w in why)).to_series()
-    values = [value.alias(name) for name, (value, _) in rules.items()]
+    rules = _typing(spec, fast, nul, instants)
+    checked = frame.with_columns(rules.checks)
+    bad = checked.select(rules.bad).to_series()
     if not bad.any():  # the usual batch: no row to copy out
-        return (checked.select(*values, pl.col("_line"), *kept),
+        return (checked.select(rules.values),
                 pl.DataFrame(schema={"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String}))
-    good = checked.filter(~bad).select(*values, pl.col("_line"), *kept)
-    failing = checked.filter(bad)
-    # the first failing column of each row, built on the few failing rows only
-    first = pl.coalesce([pl.when(pl.col(w).is_not_null()).then(pl.struct(
-        column=pl.lit(name), value=pl.col(name), reason=pl.col(w))) for name, w in zip(reasons, why)])
-    pk = spec.primary_key
-    key = pl.when(pl.col(pk).str.contains(UUID_RE)).then(pl.col(pk).str.to_lowercase()) \
-        if spec.column(pk).type == "uuid" else pl.col(pk)
-    rejects = failing.select(first.alias("_reject"), key.alias("key"), pl.col("_line").alias("line")).select(
+    good = checked.filter(~bad).select(rules.values)
+    rejects = checked.filter(bad).select(rules.first, rules.key, pl.col("_line").alias("line")).select(
         "line", pl.col("_reject").struct.field("column"), pl.col("_reject").struct.field("value"),
         pl.col("_reject").struct.field("reason"), "key")
     return good, rejects

@@ -26,6 +26,7 @@ unless digests collide. Sums take constant memory and let PostgreSQL aggregate w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
@@ -135,27 +136,33 @@ def _halves(digest: pl.Expr) -> list[pl.Expr]:
     return [digest.str.slice(16 * i, 16).str.to_integer(base=16, dtype=pl.UInt64).alias(f"x{i}") for i in range(2)]
 
 
+@lru_cache(maxsize=64)
+def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple[pl.Expr, ...], ...]:
+    """``source_sums``' expressions for one spec, built once (see ``cutover.coerce._typing``): the
+    canonical text, its digest, and the bucket sums."""
+    fields = [_field(c, parsed) for c in spec.columns] + [_mask(m) for m in _masks(spec)]
+    key = spec.column(spec.primary_key)
+    canonical = [_field(key).alias("_key"), pl.concat_str(fields, separator=SEPARATOR, ignore_nulls=True).alias("_row")]
+    if not separator_free:  # more separators than fields: a text holds one
+        present = len(fields) - pl.sum_horizontal(pl.col(c.name).is_null().cast(pl.Int32) for c in spec.columns)
+        canonical.append(present.alias("_present"))
+    untrusted = pl.lit(False) if separator_free else \
+        pl.col("_row").str.count_matches(SEPARATOR, literal=True) != pl.col("_present") - 1
+    # the digest once, as its own column: both halves of one expression would compute it twice (eager)
+    digested = (_bucket(key, "_key"), plh.col("_row").nchash.md5().alias("_md5"), untrusted.alias("untrusted"))
+    sums = (pl.len().cast(pl.Int64).alias("rows"), pl.col("x0").bitwise_xor(), pl.col("x1").bitwise_xor(),
+            pl.col("untrusted").any())
+    return tuple(canonical), digested, ("bucket", *_halves(pl.col("_md5")), "untrusted"), sums
+
+
 def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False) -> None:
     """Fold a batch of typed rows (columns in spec order; others ignored) into ``into``.
     ``separator_free``: the caller knows no value holds the separator (its bytes do not)."""
     if typed.height == 0:
         return
     parsed = all(instant_column(c.name) in typed.columns for c in spec.columns if c.type == "timestamptz")
-    fields = [_field(c, parsed) for c in spec.columns] + [_mask(m) for m in _masks(spec)]
-    present = len(fields) - pl.sum_horizontal(pl.col(c.name).is_null().cast(pl.Int32) for c in spec.columns)
-    # more separators than fields: a text holds one
-    untrusted = pl.lit(False) if separator_free else \
-        pl.col("_row").str.count_matches(SEPARATOR, literal=True) != pl.col("_present") - 1
-    canonical = typed.select(_field(spec.column(spec.primary_key)).alias("_key"),
-                             pl.concat_str(fields, separator=SEPARATOR, ignore_nulls=True).alias("_row"),
-                             present.alias("_present"))
-    # the digest once, as its own column: both halves of one expression would compute it twice (eager)
-    digested = canonical.select(_bucket(spec.column(spec.primary_key), "_key"),
-                                plh.col("_row").nchash.md5().alias("_md5"), untrusted.alias("untrusted"))
-    digests = digested.select("bucket", *_halves(pl.col("_md5")), "untrusted")
-    into.add(digests.group_by("bucket").agg(
-        pl.len().cast(pl.Int64).alias("rows"), pl.col("x0").bitwise_xor(), pl.col("x1").bitwise_xor(),
-        pl.col("untrusted").any()))
+    canonical, digested, halves, sums = _summing(spec, parsed, separator_free)
+    into.add(typed.select(canonical).select(digested).select(halves).group_by("bucket").agg(sums))
 
 
 def in_buckets(typed: pl.DataFrame, spec: TableSpec, buckets: np.ndarray) -> pl.DataFrame:
