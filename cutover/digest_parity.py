@@ -5,11 +5,13 @@ Contract: ``compare`` returns the same ``Parity`` as staging the whole file and 
 two different sets of rows share a 128-bit MD5 XOR (``cutover.digests``).
 
 1. The CSV is read and typed by the loader's own code (same rejects), batches in parallel, each
-   summed into buckets of keys; meanwhile PostgreSQL sums the table the same way, in one query.
-2. Buckets whose sums agree hold the same rows on both sides. The others (``digests.suspects``) are
-   compared row by row: a second read of the file stages only their rows, and ``parity.compare``
-   runs on those buckets alone. A file with rejects takes that second read too, which records them.
-So a file that matches its table costs one read of each and sends nothing but bucket sums. When the
+   summed into buckets of keys; meanwhile PostgreSQL sums the table the same way, all buckets in one.
+2. When the totals agree, so do the buckets. Otherwise a second read of the table sums it bucket by
+   bucket. Buckets whose sums agree hold the same rows on both sides. The others
+   (``digests.suspects``) are compared row by row: a second read of the file stages only their rows,
+   and ``parity.compare`` runs on those buckets alone. A file with rejects takes that second read
+   too, which records them.
+So a file that matches its table costs one read of each and sends nothing but sums. When the
 plan says where (``SyncPlan.csv_digests``), the CSV's sums are kept for its bytes
 (``cutover.digest_memo``): the same file compared again is not read at all — the table always is.
 
@@ -92,36 +94,60 @@ def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.File
     conn.execute(merge.analyze_staging(plan.staging))
 
 
-def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> digests.Sums:
-    """``parallel`` False: one server process sums the table (its parallel workers would take the
-    cores from work this one overlaps with)."""
+def _aggregate(conn: psycopg.Connection, query: psycopg.sql.Composed, *, parallel: bool) -> list[tuple]:
+    """``query``'s rows, aggregated over the table. ``parallel`` False: one server process does it (its
+    parallel workers would take the cores from work this one overlaps with)."""
     settings = ("enable_sort", "work_mem", "max_parallel_workers_per_gather")
     before = conn.execute("select " + ", ".join(f"current_setting('{s}')" for s in settings)).fetchone()
     # the planner cannot know there are only 4,096 buckets: left alone, it sorts the whole table
     during = ("off", "64MB", before[2] if parallel else "0")
     conn.execute("select " + ", ".join(f"set_config('{s}', %s, true)" for s in settings), during)
-    rows = conn.execute(digests.target_sql(plan.spec)).fetchall()
+    rows = conn.execute(query).fetchall()
     conn.execute("select " + ", ".join(f"set_config('{s}', %s, true)" for s in settings), before)
-    return digests.target_sums(rows)
+    return rows
+
+
+def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> digests.Sums:
+    """The table's sums, bucket by bucket."""
+    return digests.target_sums(_aggregate(conn, digests.target_sql(plan.spec), parallel=parallel))
+
+
+def target_totals(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> tuple[int, int, int]:
+    """The table's sums, all buckets together (``digests.Sums.totals``)."""
+    [row] = _aggregate(conn, digests.target_totals_sql(plan.spec), parallel=parallel)
+    return digests.target_totals(row)
 
 
 def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan], workers: int, *,
-               csv_after: Callable[[], None] | None = None) -> tuple[np.ndarray, SourceCounts, int]:
+               csv_after: Callable[[], None] | None = None,
+               locate: bool = True) -> tuple[np.ndarray, SourceCounts, int]:
     """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
     table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's.
-    The table is summed from the start, while ``scan`` gives the file's scan (scanning it, if not done
-    yet); the CSV is read once ``csv_after`` returns (a caller busy with Python-bound work — an import —
-    lets the database work alone first, in one server process, so that the two share the cores). The
-    CSV is not read when its sums are kept (``kept_sums``)."""
+
+    The table is summed whole from the start, while ``scan`` gives the file's scan (scanning it, if not
+    done yet); the CSV is read once ``csv_after`` returns (a caller busy with Python-bound work — an
+    import — lets the database work alone first, in one server process, so that the two share the
+    cores). The CSV is not read when its sums are kept (``kept_sums``).
+
+    Sums that agree in total agree bucket by bucket, but for a 128-bit XOR collision (the argument of
+    ``cutover.digests``, over all rows at once): only the CSV's untrusted buckets are then suspect. Sums
+    that differ are located by a second read of the table, bucket by bucket; without ``locate``, every
+    bucket is suspect (a caller that only asks whether they agree)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
-        table = side.submit(target_sums, conn, plan, parallel=csv_after is None)
+        table = side.submit(target_totals, conn, plan, parallel=csv_after is None)
         fscan = scan()
         kept = kept_sums(plan, fscan)
         if kept is None and csv_after is not None:
             csv_after()
         source, counts = kept or read_sums(plan, fscan, workers)
-        target = table.result()
-    return digests.suspects(source, target), counts, target.total
+        totals = table.result()
+    if source.totals() == totals:
+        suspects = np.flatnonzero(source.untrusted)
+    elif locate:
+        suspects = digests.suspects(source, target_sums(conn, plan))
+    else:
+        suspects = np.arange(digests.BUCKETS)
+    return suspects, counts, totals[0]
 
 
 def exact(counts: SourceCounts, target_rows: int) -> parity.Parity:

@@ -74,6 +74,21 @@ class Sums:
         np.bitwise_xor(self.x1, other.x1, out=self.x1)
         np.logical_or(self.untrusted, other.untrusted, out=self.untrusted)
 
+    def totals(self) -> tuple[int, int, int]:
+        """(rows, x0, x1) of all buckets together: the XORs of every row's digest halves."""
+        return self.total, int(np.bitwise_xor.reduce(self.x0)), int(np.bitwise_xor.reduce(self.x1))
+
+    def add_rows(self, frame: pl.DataFrame) -> None:
+        """Fold in a frame of (bucket, x0, x1, untrusted) with one row per CSV row. numpy's ``.at`` ufuncs
+        fold repeated indices one by one, so a bucket met twice counts twice."""
+        at = frame["bucket"].to_numpy()
+        np.add(self.rows, np.bincount(at, minlength=BUCKETS), out=self.rows)
+        np.bitwise_xor.at(self.x0, at, frame["x0"].to_numpy())
+        np.bitwise_xor.at(self.x1, at, frame["x1"].to_numpy())
+        untrusted = frame["untrusted"].to_numpy()
+        if untrusted.any():
+            np.logical_or.at(self.untrusted, at, untrusted)
+
     def add(self, frame: pl.DataFrame) -> None:
         """Fold in a frame of (bucket, rows, x0, x1[, untrusted]) with one row per bucket."""
         at = frame["bucket"].to_numpy()
@@ -139,7 +154,7 @@ def _halves(digest: pl.Expr) -> list[pl.Expr]:
 @lru_cache(maxsize=64)
 def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple[pl.Expr, ...], ...]:
     """``source_sums``' expressions for one spec, built once (see ``cutover.coerce._typing``): the
-    canonical text, its digest, and the bucket sums."""
+    canonical text, its digest, and the digest's halves."""
     fields = [_field(c, parsed) for c in spec.columns] + [_mask(m) for m in _masks(spec)]
     key = spec.column(spec.primary_key)
     canonical = [_field(key).alias("_key"), pl.concat_str(fields, separator=SEPARATOR, ignore_nulls=True).alias("_row")]
@@ -150,9 +165,7 @@ def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple
         pl.col("_row").str.count_matches(SEPARATOR, literal=True) != pl.col("_present") - 1
     # the digest once, as its own column: both halves of one expression would compute it twice (eager)
     digested = (_bucket(key, "_key"), plh.col("_row").nchash.md5().alias("_md5"), untrusted.alias("untrusted"))
-    sums = (pl.len().cast(pl.Int64).alias("rows"), pl.col("x0").bitwise_xor(), pl.col("x1").bitwise_xor(),
-            pl.col("untrusted").any())
-    return tuple(canonical), digested, ("bucket", *_halves(pl.col("_md5")), "untrusted"), sums
+    return tuple(canonical), digested, ("bucket", *_halves(pl.col("_md5")), "untrusted")
 
 
 def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False) -> None:
@@ -161,8 +174,9 @@ def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_f
     if typed.height == 0:
         return
     parsed = all(instant_column(c.name) in typed.columns for c in spec.columns if c.type == "timestamptz")
-    canonical, digested, halves, sums = _summing(spec, parsed, separator_free)
-    into.add(typed.select(canonical).select(digested).select(halves).group_by("bucket").agg(sums))
+    canonical, digested, halves = _summing(spec, parsed, separator_free)
+    # folded by numpy, not grouped by polars: a third of the time on a batch's ~15,000 rows
+    into.add_rows(typed.select(canonical).select(digested).select(halves))
 
 
 def in_buckets(typed: pl.DataFrame, spec: TableSpec, buckets: np.ndarray) -> pl.DataFrame:
@@ -180,11 +194,21 @@ def suspects(source: Sums, target: Sums) -> np.ndarray:
 
 # --- the table side ---------------------------------------------------------------------------
 
+# ``date_part('epoch', t)`` is a float8: t's microseconds since 1970 (an exact integer n), divided by 10^6 and
+# rounded once. Times 10^6, rounded again, then to the nearest integer, it gives n back exactly while |n| <
+# 2^51 (the two roundings err by at most |n|·2^-52 together, under one half): from 1898 to 2041. Inside this
+# window, which most data falls in, it costs half of ``extract``'s numeric arithmetic, exact everywhere.
+FLOAT_EXACT = ("1900-01-01 00:00:00+00", "2040-01-01 00:00:00+00")
+
+
 def _sql_field(c: Column) -> sql.Composable:
     col = ident(c.name)
     if c.type == "timestamptz":
-        return sql.SQL("case when isfinite({c}) then (extract(epoch from {c}) * 1000000)::int8::text"
-                       " else {c}::text end").format(c=col)
+        return sql.SQL("case when {c} >= {lo}::timestamptz and {c} < {hi}::timestamptz"
+                       " then round(date_part('epoch', {c}) * 1000000)::int8::text"
+                       " when isfinite({c}) then (extract(epoch from {c}) * 1000000)::int8::text"
+                       " else {c}::text end").format(c=col, lo=sql.Literal(FLOAT_EXACT[0]),
+                                                     hi=sql.Literal(FLOAT_EXACT[1]))
     return sql.SQL("{}::text").format(col) if c.type != "text" else col
 
 
@@ -206,16 +230,34 @@ def key_bucket_sql(spec: TableSpec) -> sql.Composable:
     return sql.SQL("('x' || left(md5({}), {}))::bit({})::int").format(_sql_field(key), sql.Literal(BUCKET_DIGITS), bits)
 
 
+def _sql_row(spec: TableSpec) -> sql.Composed:
+    """A row's canonical text (see the module docstring)."""
+    fields = [_sql_field(c) for c in spec.columns] + [_sql_mask(m) for m in _masks(spec)]
+    return sql.SQL("concat_ws({}, {})").format(sql.Literal(SEPARATOR), sql.SQL(", ").join(fields))
+
+
 def target_sql(spec: TableSpec) -> sql.Composed:
     """(bucket, rows, x0, x1) of the whole table, aggregated in PostgreSQL (run it with ``enable_sort``
     off: the planner cannot know how few buckets there are)."""
-    fields = [_sql_field(c) for c in spec.columns] + [_sql_mask(m) for m in _masks(spec)]
-    row = sql.SQL("concat_ws({}, {})").format(sql.Literal(SEPARATOR), sql.SQL(", ").join(fields))
     return sql.SQL("""
 select b, n, substring(x from 1 for 64)::int8, substring(x from 65 for 64)::int8
 from (select b, count(*)::int8 n, bit_xor(d) x
       from (select {bucket} b, ('x' || md5({row}))::bit(128) d from {t}) r
-      group by b) g""").format(bucket=key_bucket_sql(spec), row=row, t=target(spec))
+      group by b) g""").format(bucket=key_bucket_sql(spec), row=_sql_row(spec), t=target(spec))
+
+
+def target_totals_sql(spec: TableSpec) -> sql.Composed:
+    """(rows, the XOR of every row's digest as a bit(128)) of the whole table: ``target_sql`` without its
+    buckets, whose hashing and grouping are a third of its cost (see ``Sums.totals``)."""
+    return sql.SQL("select count(*)::int8, bit_xor(('x' || md5({row}))::bit(128)) from {t}").format(
+        row=_sql_row(spec), t=target(spec))
+
+
+def target_totals(row: tuple[int, str | None]) -> tuple[int, int, int]:
+    """``target_totals_sql``'s row as ``Sums.totals`` gives the CSV's (an empty table XORs to NULL)."""
+    count, bits = row
+    xor = int(bits, 2) if bits else 0
+    return count, xor >> 64, xor & (1 << 64) - 1
 
 
 def target_sums(rows: list[tuple]) -> Sums:

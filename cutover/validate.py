@@ -216,7 +216,7 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
         suspects, counts, _ = db.run(
             lambda conn: digest_parity.first_pass(conn, stg, lambda: fscan, csv_workers,
-                                                  csv_after=gx_runner.wait_warm),
+                                                  csv_after=gx_runner.wait_warm, locate=False),
             what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
         return None

@@ -310,3 +310,45 @@ def test_a_text_key_is_bucketed_by_its_md5_and_every_type_agrees(sql, db_url):
     sql("update public.things set amount = amount + 0.001 where code = 'K-0042'")
     [bucket] = digests.suspects(source, table_sums())
     assert digests.in_buckets(typed, spec, np.array([bucket]))["code"].to_list().count("K-0042") == 1
+
+
+def test_timestamps_in_the_float_window_print_as_extract_does(sql):
+    """The table's timestamps take ``date_part``'s float8 inside ``digests.FLOAT_EXACT`` and ``extract``'s
+    numeric outside it: both give the same microseconds, at the window's edges and at random instants
+    to the microsecond across years 1..9999 (the loader's range)."""
+    from datetime import datetime, timedelta, timezone
+
+    from cutover.spec import Column
+
+    rng = random.Random(5)
+    epoch, micro = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
+    edges = [datetime.fromisoformat(bound) + d * micro for bound in digests.FLOAT_EXACT for d in (-1, 0, 1)]
+    # |µs since 1970| near 2^51, where the float rule would first fail, lies outside the window
+    edges += [epoch + s * (2 ** 51 + d) * micro for s in (-1, 1) for d in (-1, 0, 1)]
+    spans = [(datetime(1, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, tzinfo=timezone.utc)),
+             (datetime(1899, 1, 1, tzinfo=timezone.utc), datetime(2041, 1, 1, tzinfo=timezone.utc))]
+    randoms = [lo + rng.randrange((hi - lo) // micro) * micro for lo, hi in spans for _ in range(20000)]
+    field = digests._sql_field(Column(name="t", type="timestamptz")).as_string()
+    rows = sql(f"select {field}, (extract(epoch from t) * 1000000)::int8::text from unnest(%s::timestamptz[]) t",
+               (edges + randoms,))
+    assert len(rows) == len(edges) + 40000 and all(ours == exact for ours, exact in rows)
+
+
+def test_the_tables_totals_are_its_buckets_folded(db, settings, specs, sql):
+    """``target_totals`` (one aggregate, no buckets) equals the bucket sums folded, for the whole table
+    and for an empty one, and so does the CSV's side."""
+    write_csv(settings.csv_path("leads"), [lead(i) for i in range(300)])
+    _sync(db, settings, specs)
+    plan = _plan(settings, specs, "leads").staging
+    fscan = engine.scan(plan)
+    try:
+        source, _ = digest_parity.csv_sums(plan, fscan, workers=2)
+    finally:
+        engine.drop_snapshot(plan)
+    buckets = db.run(lambda conn: digest_parity.target_sums(conn, plan))
+    totals = db.run(lambda conn: digest_parity.target_totals(conn, plan))
+    assert totals == buckets.totals() == source.totals() and totals[0] == 300 and totals[1] and totals[2]
+    sql("update public.leads set notes = coalesce(notes, '') || '.' where id = %s", (lead(7)["id"],))
+    assert db.run(lambda conn: digest_parity.target_totals(conn, plan)) != source.totals()
+    sql("delete from public.leads")
+    assert db.run(lambda conn: digest_parity.target_totals(conn, plan)) == digests.Sums.empty().totals() == (0, 0, 0)
