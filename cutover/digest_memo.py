@@ -88,12 +88,28 @@ def recall(path: Path, sha256: str, rules_id: str) -> tuple[Sums, dict[str, int]
     return sums, counts
 
 
-def keep(path: Path, sha256: str, rules_id: str, sums: Sums, *, read: int, loaded: int, rejected: int) -> None:
-    """Store a file's sums; a failure to is logged, never raised (the next comparison reads the file)."""
+def may_hold(path: Path, size: int) -> bool:
+    """Whether sums may be kept for a file of ``size`` bytes: False only when none can be (a hint, before
+    the file's SHA-256 is known; ``recall`` decides)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            return json.loads(str(kept["meta"])).get("bytes", size) == size
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return True  # recall says why it ignores the file
+
+
+def keep(path: Path, sha256: str, rules_id: str, sums: Sums, *, read: int, loaded: int, rejected: int,
+         size: int | None = None) -> None:
+    """Store a file's sums (``size``: its bytes, for ``may_hold``); a failure to is logged, never raised
+    (the next comparison reads the file)."""
     import numpy as np
 
     meta = {"format": FORMAT, "sha256": sha256, "rules": rules_id, "read": read, "loaded": loaded,
-            "rejected": rejected}
+            "rejected": rejected, **({"bytes": size} if size is not None else {})}
     try:
         with atomic_write(path) as f:
             np.savez(f, meta=np.array(json.dumps(meta)), rows=sums.rows, x0=sums.x0, x1=sums.x1,

@@ -79,7 +79,7 @@ def read_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[di
     sums, counts = csv_sums(plan, fscan, workers)
     if plan.csv_digests is not None:
         digest_memo.keep(plan.csv_digests, fscan.sha256, digest_memo.rules(plan.spec), sums, read=counts.read,
-                         loaded=counts.loaded, rejected=counts.rejected)
+                         loaded=counts.loaded, rejected=counts.rejected, size=fscan.size)
     return sums, counts
 
 
@@ -107,6 +107,14 @@ def _aggregate(conn: psycopg.Connection, query: psycopg.sql.Composed, *, paralle
     return rows
 
 
+def may_be_kept(plan: SyncPlan) -> bool:
+    """Whether the CSV's sums may be kept (``kept_sums``), judged before it is scanned: by its size."""
+    try:
+        return plan.csv_digests is not None and digest_memo.may_hold(plan.csv_digests, plan.csv_path.stat().st_size)
+    except OSError:  # the scan says what is wrong with the file
+        return False
+
+
 def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> digests.Sums:
     """The table's sums, bucket by bucket."""
     return digests.target_sums(_aggregate(conn, digests.target_sql(plan.spec), parallel=parallel))
@@ -126,15 +134,16 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvs
 
     The table is summed whole from the start, while ``scan`` gives the file's scan (scanning it, if not
     done yet); the CSV is read once ``csv_after`` returns (a caller busy with Python-bound work — an
-    import — lets the database work alone first, in one server process, so that the two share the
-    cores). The CSV is not read when its sums are kept (``kept_sums``).
+    import — lets the database work alone first). The CSV is not read when its sums are kept
+    (``kept_sums``). One server process sums the table beside the CSV's read: parallel workers would
+    take the cores from it (at 1M rows, 0.5 s slower in all); all of them, when it may not be read.
 
     Sums that agree in total agree bucket by bucket, but for a 128-bit XOR collision (the argument of
     ``cutover.digests``, over all rows at once): only the CSV's untrusted buckets are then suspect. Sums
     that differ are located by a second read of the table, bucket by bucket; without ``locate``, every
     bucket is suspect (a caller that only asks whether they agree)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
-        table = side.submit(target_totals, conn, plan, parallel=csv_after is None)
+        table = side.submit(target_totals, conn, plan, parallel=csv_after is None and may_be_kept(plan))
         fscan = scan()
         kept = kept_sums(plan, fscan)
         if kept is None and csv_after is not None:

@@ -62,6 +62,19 @@ def test_kept_sums_come_back_only_for_the_same_bytes_and_rules(tmp_path):
     assert digest_memo.recall(path, sha, "other rules") is None
 
 
+def test_sums_may_be_kept_only_for_a_file_of_the_size_they_were_kept_for(tmp_path):
+    """``may_hold`` (whether the table's sums may run alone) is False only when no kept sums can be for
+    the file; when unsure (an older file without the size, a torn one), they may."""
+    path, sha = digest_memo.path_for(tmp_path, "leads"), "ab" * 32
+    assert not digest_memo.may_hold(path, 100)  # nothing kept
+    digest_memo.keep(path, sha, "rules", _sums(), read=3, loaded=3, rejected=0, size=100)
+    assert digest_memo.may_hold(path, 100) and not digest_memo.may_hold(path, 101)
+    digest_memo.keep(path, sha, "rules", _sums(), read=3, loaded=3, rejected=0)  # the size unknown
+    assert digest_memo.may_hold(path, 101)
+    path.write_bytes(path.read_bytes()[:300])
+    assert digest_memo.may_hold(path, 101)
+
+
 def test_a_torn_or_foreign_file_reads_as_nothing_kept(tmp_path):
     path, sha = digest_memo.path_for(tmp_path, "leads"), "ab" * 32
     digest_memo.keep(path, sha, "rules", _sums(), read=3, loaded=3, rejected=0)
@@ -130,3 +143,17 @@ def test_a_validation_recalls_what_parity_kept(db, settings, specs, no_csv_read)
     rep = validation.validate_table(db, _plan(settings, specs), workers=1)
     assert rep.passed and validation.SOURCE_IS_TARGET in rep.notes
     assert (rep.parity["source_rows"], rep.parity["target_rows"]) == (10, 10)
+
+
+def test_the_tables_sums_run_alone_when_the_files_sums_may_be_kept(db, settings, specs):
+    """The hint by which the table's sums take every core (the CSV may not be read) or one (it will be):
+    none kept, then kept for this file's size, then the file grown."""
+    rows = [lead(i) for i in range(20)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    assert not digest_parity.may_be_kept(_plan(settings, specs, True).staging)
+    assert not digest_parity.may_be_kept(_plan(settings, specs, False).staging)  # none kept by this plan
+    assert _parity(db, settings, specs)["passed"]
+    assert digest_parity.may_be_kept(_plan(settings, specs, True).staging)
+    write_csv(settings.csv_path("leads"), rows + [lead(20)])
+    assert not digest_parity.may_be_kept(_plan(settings, specs, True).staging)
