@@ -123,13 +123,16 @@ def column_rule(c: Column, *, nul: bool = True) -> tuple[pl.Expr, pl.Expr]:
 
 # The shape almost every timestamp in a real file has, checked by one regex that admits only real
 # instants (a day the month has, a time of day) and sent to PostgreSQL as written (an explicit offset,
-# so the same instant): no parse at all. Anything else — another shape, the 29th of February (leap
-# years are the general rule's), a year outside 1000..8999 — takes the general rule, whose reasons the
-# rejects report. Digits are ASCII (see TS_RE).
+# so the same instant): no parse at all. Anything else — another shape, a year outside 1000..8999 —
+# takes the general rule, whose reasons the rejects report. Digits are ASCII (see TS_RE).
+# The 29th of February of leap years is fast too: one in ~1,500 days, it would otherwise send nearly
+# every batch of a file through both rules (a fixed cost of ~10 ms a batch).
 # Offsets stop at ±14:59: PostgreSQL refuses a displacement past ±15:59, which the general rule
 # converts to UTC first.
-_FAST_DATE = (r"[1-8][0-9]{3}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
-              r"|(?:0[13578]|1[02])-31)")
+_LEAP_YEAR = (r"(?:[1-8][0-9](?:0[48]|[2468][048]|[13579][26])"  # divisible by 4, not by 100
+              r"|(?:1[26]|2[048]|3[26]|4[048]|5[26]|6[048]|7[26]|8[048])00)")  # divisible by 400
+_FAST_DATE = (r"(?:[1-8][0-9]{3}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+              r"|(?:0[13578]|1[02])-31)|" + _LEAP_YEAR + r"-02-29)")
 FAST_TS_RE = (r"^" + _FAST_DATE + r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
               r"(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])$")
 

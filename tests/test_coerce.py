@@ -89,6 +89,16 @@ def test_uuids_are_lower_cased():
         ("00aeabbc-54d4-5830-8a36-9308a3ee5bfa", None), ("not-a-uuid", "not a UUID (expected 8-4-4-4-12 hex digits)")]
 
 
+def test_the_29th_of_february_has_the_fast_shape_in_leap_years_only():
+    import calendar
+
+    from cutover.coerce import fast_timestamp
+
+    years = range(1000, 9000)
+    frame = pl.DataFrame({"t": [f"{y}-02-29T12:00:00Z" for y in years]})
+    assert frame.select(fast_timestamp(pl.col("t"))).to_series().to_list() == [calendar.isleap(y) for y in years]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_fast_timestamp_shape_decides_as_the_general_rule_does(seed):
     """A value the fast regex admits is passed on as written: it must be one the general rule accepts,
@@ -100,7 +110,7 @@ def test_the_fast_timestamp_shape_decides_as_the_general_rule_does(seed):
     rng = random.Random(seed)
     values = []
     for _ in range(4000):
-        year = rng.choice([1, 999, 1000, 1999, 2000, 2023, 2024, 2100, 8999, 9000, 9999])
+        year = rng.choice([1, 999, 1000, 1600, 1700, 1999, 2000, 2023, 2024, 2100, 8800, 8996, 8999, 9000, 9999])
         edge = rng.random() < 0.2  # mostly valid parts, sometimes one past the edge
         month = rng.choice([0, 13]) if edge else rng.randint(1, 12)
         day = rng.choice([0, 32]) if edge else rng.choice([1, 15, 28, 29, 30, 31])
