@@ -1,9 +1,10 @@
 """Row digests of a CSV's typed rows and of a table's rows, summed into buckets of keys.
 
 Contract: ``source_sums`` (polars, over typed batches) and ``target_sql`` (one PostgreSQL query) give
-the same sums for the same rows. Both sides write each row in one canonical text and digest it with
-MD5, the one digest both have (PostgreSQL's ``md5``, the ``polars-hash`` plugin's), so the value
-never depends on a polars version; no row's digest is stored (``cutover.digest_memo`` may keep a file's sums).
+the same sums for the same rows, and ``target_totals_sql`` (cheaper: no buckets) their ``Sums.totals``.
+Both sides write each row in one canonical text and digest it with MD5, the one digest both have
+(PostgreSQL's ``md5``, the ``polars-hash`` plugin's), so the value never depends on a polars version;
+no row's digest is stored (``cutover.digest_memo`` may keep a file's sums).
 
 The canonical text is the row's non-NULL fields joined by U+001F, then a bitmask of its NULL columns:
 - uuid: lower-case hyphenated hex, as PostgreSQL prints it;
@@ -152,7 +153,7 @@ def _halves(digest: pl.Expr) -> list[pl.Expr]:
 
 
 @lru_cache(maxsize=64)
-def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple[pl.Expr, ...], ...]:
+def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple[pl.Expr | str, ...], ...]:
     """``source_sums``' expressions for one spec, built once (see ``cutover.coerce._typing``): the
     canonical text, its digest, and the digest's halves."""
     fields = [_field(c, parsed) for c in spec.columns] + [_mask(m) for m in _masks(spec)]
