@@ -76,9 +76,9 @@ def finish(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, cu
         (fscan.sha256, fscan.size, read, loaded, rejected, inserted, updated, deleted,
          str(rejects_file) if rejects_file else None, new_state.data_version, basis(conn, spec), plan.run_id))
     dead_runs = state.fail_stale_runs(conn, spec.name, before=plan.run_id)
-    for dead in dead_runs:
+    for dead, _ in dead_runs:
         conn.execute(merge.drop_staging(merge.staging_name(spec.name, dead.hex)))
-    drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
+    drop_stale_snapshots(dead_runs, plan.rejects_file.parent)
     conn.execute(merge.drop_staging(plan.staging))
     return SyncResult(table=spec.name, read=read, loaded=loaded, rejected=rejected, inserted=inserted,
                       updated=updated, deleted=deleted, rejects_file=str(rejects_file) if rejects_file else None,

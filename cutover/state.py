@@ -119,10 +119,11 @@ def restarted_since(conn: psycopg.Connection, run_id: UUID) -> bool:
     return bool(row and row[0])
 
 
-def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None = None) -> list[UUID]:
-    """Mark dead runs of ``table`` failed and return them: those without a recent heartbeat, and,
-    when ``before`` is given, every sync still running that started before it (a later merge has
-    made their data stale, so they could never succeed)."""
+def fail_stale_runs(conn: psycopg.Connection, table: str, *,
+                    before: UUID | None = None) -> list[tuple[UUID, str | None]]:
+    """Mark dead runs of ``table`` failed and return them, each with the CSV it read: those without a
+    recent heartbeat, and, when ``before`` is given, every sync still running that started before it
+    (a later merge has made their data stale, so they could never succeed)."""
     rows = conn.execute(
         """update cutover.runs r set status = 'failed', finished_at = now(),
              error = case when %(before)s::uuid is not null and r.kind = 'sync' and r.started_at <= b.started_at
@@ -134,8 +135,20 @@ def fail_stale_runs(conn: psycopg.Connection, table: str, *, before: UUID | None
              and r.run_id is distinct from %(before)s::uuid
              and (r.heartbeat_at < now() - %(stale)s::interval
                   or (%(before)s::uuid is not null and r.kind = 'sync' and r.started_at <= b.started_at))
-           returning r.run_id""",
+           returning r.run_id, r.csv_path""",
         {"table": table, "before": before, "stale": STALE_AFTER}).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def runs_long_over(conn: psycopg.Connection, runs: list[str]) -> list[str]:
+    """Which of ``runs`` (the first 12 hex digits of their ids) ended more than ``STALE_AFTER`` ago: their
+    files belong to nobody. Not one that has just ended: it may still be making its snapshot the
+    table's baseline. An id no run has (another database's run, or one whose record is gone) is not."""
+    rows = conn.execute(
+        """select left(replace(run_id::text, '-', ''), 12) r from cutover.runs
+           where left(replace(run_id::text, '-', ''), 12) = any(%(runs)s)
+           group by 1 having bool_and(status <> 'running' and finished_at < now() - %(stale)s::interval)""",
+        {"runs": runs, "stale": STALE_AFTER}).fetchall()
     return [r[0] for r in rows]
 
 

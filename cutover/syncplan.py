@@ -87,15 +87,40 @@ def drop_snapshot(plan: SyncPlan) -> None:
             pass
 
 
-def drop_stale_snapshots(csv_path: Path, dead_runs: list[uuid.UUID], rejects_dir: Path | None = None) -> None:
-    for run in dead_runs:
-        for folder in (csv_path.parent, rejects_dir):
+LEFTOVERS = ("snapshot", "records")  # a run's snapshot of the CSV; its record hashes (SyncPlan.records_spill)
+
+
+def drop_stale_snapshots(dead_runs: list[tuple[uuid.UUID, str | None]], rejects_dir: Path | None = None) -> None:
+    """Unlink the files of dead runs (``state.fail_stale_runs``), named after the CSV each of them read."""
+    for run, csv_path in dead_runs:
+        if csv_path is None:
+            continue
+        csv = Path(csv_path)
+        for folder in (csv.parent, rejects_dir):
             if folder is not None:
-                for leftover in ("snapshot", "records"):  # its snapshot; its record hashes (SyncPlan.records_spill)
+                for leftover in LEFTOVERS:
                     try:
-                        (folder / f".{csv_path.name}.{run.hex[:12]}.{leftover}").unlink(missing_ok=True)
+                        (folder / f".{csv.name}.{run.hex[:12]}.{leftover}").unlink(missing_ok=True)
                     except OSError:
                         pass
+
+
+def leftover_files(csv_path: Path, rejects_dir: Path) -> dict[str, list[Path]]:
+    """The run files named after ``csv_path`` (see ``LEFTOVERS``), beside it and in cutover's home, by
+    the first 12 hex digits of their run's id."""
+    found: dict[str, list[Path]] = {}
+    for folder in {csv_path.parent, rejects_dir}:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            head, _, kind = name.rpartition(".")
+            stem, _, run = head.rpartition(".")
+            if kind in LEFTOVERS and stem == f".{csv_path.name}" and len(run) == 12 \
+                    and all(c in "0123456789abcdef" for c in run):
+                found.setdefault(run, []).append(folder / name)
+    return found
 
 
 def _as_source(plan: SyncPlan, exc: StructuralError) -> StructuralError:
@@ -160,8 +185,18 @@ def write_rejects_file(conn: psycopg.Connection, plan: SyncPlan) -> Path:
 
 def reap_dead_runs(conn: psycopg.Connection, plan: SyncPlan) -> None:
     """Fail the table's runs whose heartbeat stopped, and drop every staging table and snapshot whose run
-    is over (theirs, and any other finished run's). Every run start does this, skipped syncs included."""
+    is over (theirs, and any other finished run's: the snapshots of those long over, named after this
+    run's CSV). Every run start does this, skipped syncs included."""
     dead_runs = state.fail_stale_runs(conn, plan.spec.name)
     for stg in state.finished_staging(conn, plan.spec.name, merge.staging_name(plan.spec.name, "")):
         conn.execute(merge.drop_staging(stg))
-    drop_stale_snapshots(plan.csv_path, dead_runs, plan.rejects_file.parent)
+    drop_stale_snapshots(dead_runs, plan.rejects_file.parent)
+    # a run killed after its commit, before unlinking its snapshot, is over but left it; listed before
+    # the query: a snapshot's run is recorded before the snapshot is taken (``sync.begin``), so it is seen
+    found = leftover_files(plan.csv_path, plan.rejects_file.parent)
+    for run in state.runs_long_over(conn, list(found)) if found else ():
+        for path in found[run]:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass

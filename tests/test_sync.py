@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -374,6 +375,46 @@ def test_sigkill_between_staging_and_merge_leaves_the_target_unchanged(db, setti
     assert sql("select status, error like 'interrupted%%' from cutover.runs where run_id = %s",
                (killed[0][0],)) == [("failed", True)]
     assert sql("select count(*) from pg_tables where schemaname = 'cutover' and tablename like 'stg_%%'") == [(0,)]
+
+
+def test_a_run_start_unlinks_the_files_of_runs_long_over_whatever_csv_they_read(db, settings, specs, tmp_path, sql):
+    """A run killed after its commit leaves its snapshot and record hashes; a dead run may have read another
+    file than the next one reads. The next run's start unlinks both. The files of a running run, of one that
+    has just ended (it may still be keeping its snapshot as the baseline), and of a run this database does
+    not know (another database's) stay."""
+    src = write_csv(tmp_path / "data" / "leads.csv", [lead(i) for i in range(3)])
+    (tmp_path / "elsewhere").mkdir()
+    other = write_csv(tmp_path / "elsewhere" / "leads.csv", [lead(i) for i in range(3)])
+    _sync(db, settings, specs, src)
+    home = settings.rejects_dir
+
+    def files_of(run: uuid.UUID, csv_path) -> list:
+        files = [csv_path.parent / f".{csv_path.name}.{run.hex[:12]}.snapshot",
+                 home / f".{csv_path.name}.{run.hex[:12]}.records"]
+        for f in files:
+            f.write_bytes(b"left over")
+        return files
+
+    def run(csv_path, kind: str, status: str, *, quiet_for: str) -> list:
+        run_id = uuid.uuid4()
+        ended = None if status == "running" else quiet_for
+        sql("""insert into cutover.runs (run_id, table_name, kind, status, base_version, csv_path, started_at,
+                                          heartbeat_at, finished_at)
+               values (%s, 'leads', %s, %s, 0, %s, now() - %s::interval, now() - %s::interval,
+                       now() - %s::interval)""", (run_id, kind, status, str(csv_path), quiet_for, quiet_for, ended))
+        return files_of(run_id, csv_path)
+
+    gone = [*run(src, "sync", "succeeded", quiet_for="20 minutes"),  # killed after its commit
+            *run(src, "validate", "failed", quiet_for="16 minutes"),
+            *run(other, "validate", "running", quiet_for="20 minutes")]  # dead, and read another file
+    kept = [*run(src, "sync", "succeeded", quiet_for="1 minute"),
+            *run(src, "validate", "running", quiet_for="1 minute"),
+            *files_of(uuid.uuid4(), src)]
+
+    _sync(db, settings, specs, src)
+    assert [f for f in gone if f.exists()] == []
+    assert [f for f in kept if not f.exists()] == []
+    assert sql("select count(*) from cutover.runs where csv_path = %s and status = 'running'", (str(other),)) == [(0,)]
 
 
 def test_batches_agree_with_a_single_pass(db, settings, specs, tmp_path, sql):
