@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
+import polars as pl
 import psycopg
 
 from cutover import batches, csvscan, digest_memo, digests, merge, parity
@@ -46,14 +47,45 @@ def _typed(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch):
     """A batch read and typed by the loader's code: (typed rows, rejects, records read, separator-free)."""
     raw, lines, ragged, read, verbatim, nul = batches.read_raw(plan, fscan.header, batch)
     typed, rejects = batches.type_rows(plan, raw, lines, ragged, nul=nul, instants=True)
-    return typed, rejects, read, verbatim is not None and digests.SEPARATOR.encode() not in verbatim
+    return typed, rejects, read, _separator_free(verbatim)
 
 
 def _batch_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch) -> tuple[digests.Sums, SourceCounts]:
-    typed, rejects, read, separator_free = _typed(plan, fscan, batch)
+    buf = batches.read_bytes(plan, batch)
+    return _unchecked_sums(plan, fscan, batch, buf) or _checked_sums(plan, fscan, batch, buf)
+
+
+def _checked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch,
+                  buf: bytes) -> tuple[digests.Sums, SourceCounts]:
+    raw, lines, ragged, read, verbatim, nul = batches.as_strings(
+        plan, fscan.header, buf, batches.index_batch(plan, buf, batch.first_line))
+    typed, rejects = batches.type_rows(plan, raw, lines, ragged, nul=nul, instants=True)
     sums = digests.Sums.empty()
-    digests.source_sums(typed, plan.spec, into=sums, separator_free=separator_free)
+    digests.source_sums(typed, plan.spec, into=sums, separator_free=_separator_free(verbatim))
     return sums, SourceCounts(read, typed.height, rejects.height)
+
+
+def _unchecked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch,
+                    buf: bytes) -> tuple[digests.Sums, SourceCounts] | None:
+    """``_checked_sums``, the records' fields counted after the fact from the commas of their values
+    (``batches.read_unchecked``): at 1M rows, ~0.5 s less CPU. None if a record has the wrong number of
+    fields: ``_checked_sums`` then reads the batch again and rejects it, as the loader does."""
+    rb = batches.read_unchecked(plan, fscan.header, buf, batch)
+    if rb is None:
+        return None
+    typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul, instants=True)
+    sums = digests.Sums.empty()
+    commas = digests.source_sums(typed, plan.spec, into=sums, separator_free=_separator_free(rb.verbatim), count=",")
+    if rejects.height:  # their values, as read: a rejected one may hold a comma whatever its type
+        of_rejects = rb.raw.filter(rb.lines.is_in(rejects["line"].implode()))
+        commas += of_rejects.select(pl.sum_horizontal(pl.all().str.count_matches(",", literal=True))).sum().item() or 0
+    if not batches.commas_outside_quotes(buf, rb, commas):
+        return None
+    return sums, SourceCounts(rb.read, typed.height, rejects.height)
+
+
+def _separator_free(verbatim: bytes | None) -> bool:
+    return verbatim is not None and digests.SEPARATOR.encode() not in verbatim
 
 
 def csv_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:

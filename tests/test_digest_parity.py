@@ -8,12 +8,14 @@ holding the digest's separator is compared row by row.
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
 import pytest
 
-from cutover import digest_parity, digests, sync as engine, validate as validation
+from cutover import batches, digest_parity, digests, sync as engine, validate as validation
+from tests.conftest import CORPUS
 from tests.csvdata import AGENT, OTHER_AGENT, approval, lead, write_csv
 
 APPROVAL_COLUMNS = ("id", "lead_id", "channel", "draft", "status", "reviewer", "decided_at", "created_at",
@@ -191,6 +193,74 @@ def test_batches_summed_apart_fold_into_the_tables_sums(db, settings, specs):
     for sums, counts in apart.values():
         assert counts == digest_parity.SourceCounts(read=400, loaded=400, rejected=0)
         assert len(digests.suspects(sums, target)) == 0 and sums.total == target.total == 400
+
+
+def _batch_sums_both_ways(settings, specs):
+    """Each batch of the table's CSV summed as parity sums it (fields counted after the fact) and
+    field by field."""
+    plan = _plan(settings, specs, "leads").staging
+    fscan = engine.scan(plan)
+    try:
+        return [(digest_parity._unchecked_sums(plan, fscan, b, buf), digest_parity._checked_sums(plan, fscan, b, buf))
+                for b in fscan.batches for buf in [batches.read_bytes(plan, b)]]
+    finally:
+        engine.drop_snapshot(plan)
+
+
+def _same(a, b) -> bool:
+    return a[1] == b[1] and a[0].totals() == b[0].totals() and (a[0].untrusted == b[0].untrusted).all()
+
+
+def test_records_with_the_wrong_number_of_fields_are_rejected_as_the_loader_does(db, settings, specs):
+    rows = [lead(i, notes="a, b, and c" if i % 3 else None, street="1 Main St, Apt 2") for i in range(40)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    # rejected values holding commas, in several types: counted apart from the typed rows' texts
+    rows[7] = lead(7, budget="1,000", notes="x,y")
+    rows[8] = lead(8, created_at="2025-01-01, noon")
+    write_csv(settings.csv_path("leads"), rows)
+    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
+    assert unchecked is not None and _same(unchecked, checked) and checked[1].rejected == 2
+    assert _both(db, settings, specs)["rejected_in_source"] == 2
+
+    text = settings.csv_path("leads").read_text().splitlines(keepends=True)
+    # one record a field short and one a field long: the batch's commas add up as if both were right
+    text[4] = text[4].rstrip("\n").rsplit(",", 1)[0] + "\n"
+    text[10] = text[10].rstrip("\n") + ",extra\n"
+    settings.csv_path("leads").write_text("".join(text))
+    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
+    assert unchecked is None and checked[1].rejected == 4
+    # one field short alone: the commas do not add up
+    del text[10]
+    settings.csv_path("leads").write_text("".join(text))
+    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
+    assert unchecked is None and checked[1].rejected == 3
+    # and a field long in a last record that no line feed ends, which polars would truncate unasked
+    text[-1] = text[-1].rstrip("\n") + ","
+    settings.csv_path("leads").write_text("".join(text))
+    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
+    assert unchecked is None and checked[1].rejected == 4
+    result = _both(db, settings, specs)
+    assert result["rejected_in_source"] == 4 and not result["passed"]
+
+
+LOADABLE = sorted(name for name, case in json.loads((CORPUS / "manifest.json").read_text())["files"].items()
+                  if case["expect"] != "error")
+
+
+@pytest.mark.parametrize("name", LOADABLE)
+def test_every_loadable_corpus_file_sums_alike_whether_fields_are_counted_first_or_after(name, settings, specs):
+    table = json.loads((CORPUS / "manifest.json").read_text())["files"][name]["table"]
+    plan = _plan(settings, specs, table, CORPUS / name).staging
+    fscan = engine.scan(plan)
+    try:
+        for b in fscan.batches:
+            buf = batches.read_bytes(plan, b)
+            unchecked, checked = digest_parity._unchecked_sums(plan, fscan, b, buf), \
+                digest_parity._checked_sums(plan, fscan, b, buf)
+            assert unchecked is None if name == "leads_ragged.csv" else _same(unchecked, checked)
+    finally:
+        engine.drop_snapshot(plan)
 
 
 def test_parity_leaves_no_staging_and_records_a_finished_run(db, settings, specs, sql):
