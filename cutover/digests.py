@@ -131,8 +131,7 @@ def _field(c: Column, parsed: bool = False) -> pl.Expr:
         if c.precision <= MAX_DECIMAL_PRECISION:  # prints as PostgreSQL does: ``scale`` decimals, no -0
             return col.cast(pl.Decimal(c.precision, c.scale)).cast(pl.String)
         return _numeric_text(col, c)
-    # uuid: the loader passes a value of the common shape as written (PostgreSQL reads any case)
-    return col.str.to_lowercase() if c.type == "uuid" else col
+    return col  # a uuid: lower-case already (``cutover.coerce``)
 
 
 def _mask(columns: list[Column]) -> pl.Expr:

@@ -135,3 +135,67 @@ def test_the_fast_timestamp_shape_decides_as_the_general_rule_does(seed):
             "%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC"))
     assert as_written.to_series().to_list() == fast["at"].to_list()
     assert written.select(_fast_instant(pl.col("t"))).to_series().to_list() == fast["at"].to_list()
+
+
+@pytest.mark.parametrize("precision,scale", [(12, 2), (5, 0), (3, 3), (1, 0), (20, 7)])
+def test_the_one_regex_of_passing_numerics_passes_what_the_three_rules_pass(precision, scale):
+    """Typing tells the rows that pass by ``column_passes`` and works out the reasons of the others only:
+    the two must agree on every value. Random strings of the characters that matter, near the limits."""
+    import random
+
+    from cutover.coerce import column_passes
+
+    rng = random.Random(precision * 100 + scale)
+    values = [None, "", ".", "+", "-", "+.", "0", "-0", ".0", "0.", "00.00", "5.", ".5", "1e3", " 1"]
+    for _ in range(20_000):
+        whole = "".join(rng.choice("0000123456789") for _ in range(rng.randint(0, precision - scale + 2)))
+        frac = "".join(rng.choice("00001239") for _ in range(rng.randint(0, scale + 3)))
+        value = rng.choice(["", "", "+", "-"]) + whole + rng.choice(["", ".", ".", "."]) + frac
+        if rng.random() < 0.05:
+            at = rng.randint(0, len(value))
+            value = value[:at] + rng.choice("+-.x٣ ") + value[at:]
+        values.append(value)
+    for nullable in (True, False):
+        col = Column("n", "numeric", nullable=nullable, precision=precision, scale=scale)
+        frame = pl.DataFrame({"n": values}, schema={"n": pl.String})
+        got = frame.select(column_passes(col).alias("passes"), column_rule(col)[1].is_null().alias("no_reason"))
+        assert got.filter(pl.col("passes") != pl.col("no_reason")).height == 0, got.filter(
+            pl.col("passes") != pl.col("no_reason")).with_columns(frame["n"]).head(5)
+        assert 0.1 < got["passes"].mean() < 0.9  # both kinds, in numbers
+
+
+@pytest.mark.parametrize("table", ["leads", "approvals"])
+def test_typing_tells_the_failing_rows_as_their_reasons_do(table, specs):
+    """``_typing``'s ``bad`` (by ``column_passes``) must flag exactly the rows some column gives a reason,
+    in both rules and whether or not texts may hold a NUL: a row flagged without one would be lost."""
+    import random
+
+    from cutover.coerce import _typing
+    from tests.csvdata import approval, lead
+
+    spec = specs[table]
+    pool = {"uuid": ["00AEABBC-54D4-5830-8A36-9308A3EE5BFA", "00aeabbc-54d4-5830-8a36-9308a3ee5bfa", "0aeabbc-54d4",
+                     "x"],
+            "numeric": ["1.50", "12,5", "1.005", "99999999999", ".", "-0"],
+            "text": ["new", "pending", "TX", "T", "a\x00b", "sms", "email", "approved"],
+            "timestamptz": ["2025-01-01T00:00:00Z", "2025-02-30 10:00", "yesterday", "2025-01-01T10:00"]}
+    rng = random.Random(7)
+    for fast in (False, True):
+        for nul in (True, False):
+            valid = [lead(i) if table == "leads" else approval(i, lead(i)["id"]) for i in range(3000)]
+            rows = {c.name: [(rng.choice([None, "", *pool[c.type]][:3] if fast and c.type == "timestamptz"
+                                         else [None, "", *pool[c.type]]) if rng.random() < 0.02 else row[c.name])
+                             for row in valid]
+                    for c in spec.columns}
+            if fast:  # the fast rule sees fast-shaped timestamps only
+                rows = {n: [None if v == "" and spec.column(n).type == "timestamptz" else v for v in vs]
+                        for n, vs in rows.items()}
+            if not nul:
+                rows = {n: [v if v is None or "\x00" not in v else "y" for v in vs] for n, vs in rows.items()}
+            frame = pl.DataFrame(rows, schema={c.name: pl.String for c in spec.columns})
+            rules = _typing(spec, fast, nul, False)
+            bad = frame.select(rules.bad).to_series()
+            reasons = frame.with_columns(rules.checks).select(
+                pl.any_horizontal(pl.col(f"_why_{i}").is_not_null() for i in range(len(spec.columns)))).to_series()
+            assert 0 < bad.sum() < len(bad)
+            assert (bad == reasons).all(), (fast, nul, frame.filter(bad != reasons).head(3).rows())
