@@ -12,10 +12,15 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
+
+# before numpy is imported: its OpenBLAS would start a thread per core that keeps waking beside polars'
+# threads and the workers (~5% of parity's CPU), and no command multiplies matrices
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
