@@ -86,7 +86,7 @@ def cut(buf: bytes, idx: csvscan.RecordIndex, which: np.ndarray) -> bytes:
 def read_unchecked(plan: SyncPlan, header: csvscan.Header, buf: bytes, batch: csvscan.Batch) -> RawBatch | None:
     """``read_raw`` of the bytes ``buf`` of ``batch``, assuming that each record has the header's number of
     fields, which is not checked: counting them is most of the index's cost. None when polars finds a
-    record with more fields. The caller checks that none has fewer (``commas_outside_quotes``) before
+    record with more fields. The caller checks that none has fewer (``fields_match_header``) before
     trusting the result, and otherwise reads the batch by ``read_raw``."""
     if not buf.endswith(b"\n"):  # polars drops a last record's extra fields when no line feed ends it
         return None
@@ -98,7 +98,7 @@ def read_unchecked(plan: SyncPlan, header: csvscan.Header, buf: bytes, batch: cs
         return None
 
 
-def commas_outside_quotes(buf: bytes, rb: RawBatch, commas_in_values: int) -> bool:
+def fields_match_header(buf: bytes, rb: RawBatch, commas_in_values: int) -> bool:
     """Whether every record of ``rb`` (``read_unchecked``) has the header's number of fields, given the
     number of commas inside its values. A record's fields are one more than its commas outside quotes,
     and none has more than the header's (polars would have refused it), so the total says it."""

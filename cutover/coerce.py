@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import polars as pl
 
+from cutover.errors import CutoverError
 from cutover.spec import Column, TableSpec
 
 UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -262,7 +263,7 @@ def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool,
         pl.col("_reject").struct.field("reason"), "key")
     if rejects["reason"].null_count():  # column_passes and column_rule disagree: never drop the row
         lines = rejects.filter(pl.col("reason").is_null())["line"].head(5).to_list()
-        raise AssertionError(f"rows failed typing without a reason, at lines {lines}")
+        raise CutoverError(f"internal error: rows failed typing without a reason, at lines {lines}")
     return good, rejects
 
 

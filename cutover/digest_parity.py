@@ -79,7 +79,7 @@ def _unchecked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batc
     if rejects.height:  # their values, as read: a rejected one may hold a comma whatever its type
         of_rejects = rb.raw.filter(rb.lines.is_in(rejects["line"].implode()))
         commas += of_rejects.select(pl.sum_horizontal(pl.all().str.count_matches(",", literal=True))).sum().item() or 0
-    if not batches.commas_outside_quotes(buf, rb, commas):
+    if not batches.fields_match_header(buf, rb, commas):
         return None
     return sums, SourceCounts(rb.read, typed.height, rejects.height)
 
