@@ -101,3 +101,13 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def unlink_quietly(*paths: Path) -> None:
+    """Unlink each path if it is there; an error is ignored (never mask the error being reported: a
+    later run reaps what is left)."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass

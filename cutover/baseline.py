@@ -32,7 +32,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from cutover.atomic import atomic_write
+from cutover.atomic import atomic_write, unlink_quietly
 from cutover.csvscan import FileScan
 
 log = logging.getLogger("cutover.baseline")
@@ -112,10 +112,10 @@ def keep(snapshot: Path, table: str, fscan: FileScan, rows: int, registry: Path,
             f.write(json.dumps(asdict(record), default=str).encode())  # paths as text
     except OSError as exc:
         log.warning("could not keep %s's baseline (the next sync loads the whole file): %s", table, exc)
-        _unlink(sidecar, snapshot, kept, *([records[0]] if records else []))
+        unlink_quietly(sidecar, snapshot, kept, *([records[0]] if records else []))
         return
     if previous is not None and previous != data:  # the last file merged came from another folder
-        _unlink(previous)
+        unlink_quietly(previous)
 
 
 def find(table: str, registry: Path) -> Baseline | None:
@@ -148,12 +148,4 @@ def discard(table: str, registry: Path) -> None:
     """Remove the table's baseline (the CSV stops being synced: a stale copy of the data must not linger)."""
     sidecar = _sidecar(registry, table)
     data = _recorded_path(sidecar)
-    _unlink(sidecar, _records_file(registry, table), *([data] if data else []))
-
-
-def _unlink(*paths: Path) -> None:
-    for path in paths:
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:
-            pass
+    unlink_quietly(sidecar, _records_file(registry, table), *([data] if data else []))

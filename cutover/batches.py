@@ -60,9 +60,9 @@ class RawBatch(NamedTuple):
 _REJECT_ROW = {"line": pl.Int64, **REJECT_SCHEMA, "key": pl.String}
 
 
-def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> RawBatch:
-    """One batch as strings (see ``RawBatch``)."""
-    buf = read_bytes(plan, batch)
+def read_raw(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch, buf: bytes | None = None) -> RawBatch:
+    """One batch as strings (see ``RawBatch``); ``buf``: its bytes, if read already."""
+    buf = read_bytes(plan, batch) if buf is None else buf
     return as_strings(plan, header, buf, index_batch(plan, buf, batch.first_line))
 
 

@@ -55,14 +55,20 @@ def _batch_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch) -
     return _unchecked_sums(plan, fscan, batch, buf) or _checked_sums(plan, fscan, batch, buf)
 
 
+def _summed(plan: SyncPlan, rb: batches.RawBatch, *,
+            count: str | None = None) -> tuple[digests.Sums, SourceCounts, pl.DataFrame, int]:
+    """A batch read as strings, typed by the loader's code and summed: (sums, counts, rejects, how many
+    times ``count`` appears in the typed rows' texts)."""
+    typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul, instants=True)
+    sums = digests.Sums.empty()
+    found = digests.source_sums(typed, plan.spec, into=sums, separator_free=_separator_free(rb.verbatim), count=count)
+    return sums, SourceCounts(rb.read, typed.height, rejects.height), rejects, found
+
+
 def _checked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch,
                   buf: bytes) -> tuple[digests.Sums, SourceCounts]:
-    raw, lines, ragged, read, verbatim, nul = batches.as_strings(
-        plan, fscan.header, buf, batches.index_batch(plan, buf, batch.first_line))
-    typed, rejects = batches.type_rows(plan, raw, lines, ragged, nul=nul, instants=True)
-    sums = digests.Sums.empty()
-    digests.source_sums(typed, plan.spec, into=sums, separator_free=_separator_free(verbatim))
-    return sums, SourceCounts(read, typed.height, rejects.height)
+    sums, counts, _, _ = _summed(plan, batches.read_raw(plan, fscan.header, batch, buf))
+    return sums, counts
 
 
 def _unchecked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch,
@@ -73,15 +79,11 @@ def _unchecked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batc
     rb = batches.read_unchecked(plan, fscan.header, buf, batch)
     if rb is None:
         return None
-    typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul, instants=True)
-    sums = digests.Sums.empty()
-    commas = digests.source_sums(typed, plan.spec, into=sums, separator_free=_separator_free(rb.verbatim), count=",")
+    sums, counts, rejects, commas = _summed(plan, rb, count=",")
     if rejects.height:  # their values, as read: a rejected one may hold a comma whatever its type
         of_rejects = rb.raw.filter(rb.lines.is_in(rejects["line"].implode()))
         commas += of_rejects.select(pl.sum_horizontal(pl.all().str.count_matches(",", literal=True))).sum().item() or 0
-    if not batches.fields_match_header(buf, rb, commas):
-        return None
-    return sums, SourceCounts(rb.read, typed.height, rejects.height)
+    return (sums, counts) if batches.fields_match_header(buf, rb, commas) else None
 
 
 def _separator_free(verbatim: bytes | None) -> bool:

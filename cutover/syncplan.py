@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 from cutover import digest_memo, merge, state
-from cutover.atomic import atomic_write
+from cutover.atomic import atomic_write, unlink_quietly
 from cutover.errors import StructuralError
 from cutover.spec import TableSpec
 
@@ -80,11 +80,7 @@ def take_snapshot(plan: SyncPlan) -> None:
 
 
 def drop_snapshot(plan: SyncPlan) -> None:
-    for path in (plan._snapshot_beside, plan._snapshot_aside):
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:  # never mask the error being reported; a later run reaps it
-            pass
+    unlink_quietly(plan._snapshot_beside, plan._snapshot_aside)
 
 
 LEFTOVERS = ("snapshot", "records")  # a run's snapshot of the CSV; its record hashes (SyncPlan.records_spill)
@@ -96,13 +92,8 @@ def drop_stale_snapshots(dead_runs: list[tuple[uuid.UUID, str | None]], rejects_
         if csv_path is None:
             continue
         csv = Path(csv_path)
-        for folder in (csv.parent, rejects_dir):
-            if folder is not None:
-                for leftover in LEFTOVERS:
-                    try:
-                        (folder / f".{csv.name}.{run.hex[:12]}.{leftover}").unlink(missing_ok=True)
-                    except OSError:
-                        pass
+        unlink_quietly(*(folder / f".{csv.name}.{run.hex[:12]}.{leftover}"
+                         for folder in (csv.parent, rejects_dir) if folder is not None for leftover in LEFTOVERS))
 
 
 def leftover_files(csv_path: Path, rejects_dir: Path) -> dict[str, list[Path]]:
@@ -195,8 +186,4 @@ def reap_dead_runs(conn: psycopg.Connection, plan: SyncPlan) -> None:
     # the query: a snapshot's run is recorded before the snapshot is taken (``sync.begin``), so it is seen
     found = leftover_files(plan.csv_path, plan.rejects_file.parent)
     for run in state.runs_long_over(conn, list(found)) if found else ():
-        for path in found[run]:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                pass
+        unlink_quietly(*found[run])
