@@ -258,16 +258,19 @@ def parity(
     """Exact row-level parity of CSV and table alone (no suites, no report). Exit 0 exact, 1 not."""
     settings = _settings()
     with _reporting(as_json, settings):
-        from cutover import validate as validation
         from cutover.db import connect
+        from cutover.totals_ahead import TotalsAhead
 
         spec, specs = _spec(settings, table)
-        plan = validation.plan_validation(
-            spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
-            batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
-            reports_dir=settings.reports_dir, actor="cli", keep_csv_digests=settings.keep_csv_digests)
-        with connect(settings) as db:
-            result = validation.parity_only(db, plan, workers=settings.workers)
+        # PostgreSQL starts summing the table before polars is even imported (~0.5 s at 1M rows)
+        with connect(settings) as db, TotalsAhead.start(db, spec) as ahead:
+            from cutover import validate as validation
+
+            plan = validation.plan_validation(
+                spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
+                batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
+                reports_dir=settings.reports_dir, actor="cli", keep_csv_digests=settings.keep_csv_digests)
+            result = validation.parity_only(db, plan, workers=settings.workers, ahead=ahead)
         _emit(result, as_json, f"{table}: {'exact' if result['passed'] else 'DIFFERENT'} — "
               + ", ".join(f"{k} {result[k]}" for k in ("missing_in_target", "extra_in_target", "changed",
                                                        "rejected_in_source")))

@@ -18,7 +18,10 @@ plan says where (``SyncPlan.csv_digests``), the CSV's sums are kept for its byte
 Concurrency: everything that reads the table — its sums, the staging of step 2 and the comparison —
 runs in ONE repeatable-read transaction, so the table is compared as of one instant even while the
 application writes to it. The staged rows and rejects are written by that same transaction (they are
-the run's own; nothing else reads them).
+the run's own; nothing else reads them). The one exception proves itself: totals started ahead in a
+transaction of their own (``cutover.totals_ahead``) that agree with the CSV's show the CSV equal to the
+table as of their instant; totals that do not are set aside, and step 2 sums the table in the one
+transaction.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import numpy as np
 import polars as pl
 import psycopg
 
-from cutover import batches, csvscan, digest_memo, digests, merge, parity
-from cutover.pipeline import in_order
+from cutover import batches, csvscan, digest_memo, digests, merge, parity, table_digests
+from cutover.pipeline import as_done, in_order
 from cutover.syncplan import SyncPlan
+from cutover.totals_ahead import TotalsAhead
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def csv_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[dig
     """Pass 1 over the CSV: its bucket sums and counts; nothing is written. Each worker sums its own
     batch, so that a batch's typed rows die in the worker (fewer batches alive at once)."""
     sums, read, loaded, rejected = digests.Sums.empty(), 0, 0, 0
-    for part, counts in in_order(lambda batch: _batch_sums(plan, fscan, batch), fscan.batches, workers):
+    for part, counts in as_done(lambda batch: _batch_sums(plan, fscan, batch), fscan.batches, workers):
         sums.fold(part)
         read, loaded, rejected = read + counts.read, loaded + counts.loaded, rejected + counts.rejected
     return sums, SourceCounts(read, loaded, rejected)
@@ -128,19 +132,6 @@ def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.File
     conn.execute(merge.analyze_staging(plan.staging))
 
 
-def _aggregate(conn: psycopg.Connection, query: psycopg.sql.Composed, *, parallel: bool) -> list[tuple]:
-    """``query``'s rows, aggregated over the table. ``parallel`` False: one server process does it (its
-    parallel workers would take the cores from work this one overlaps with)."""
-    settings = ("enable_sort", "work_mem", "max_parallel_workers_per_gather")
-    before = conn.execute("select " + ", ".join(f"current_setting('{s}')" for s in settings)).fetchone()
-    # the planner cannot know there are only 4,096 buckets: left alone, it sorts the whole table
-    during = ("off", "64MB", before[2] if parallel else "0")
-    conn.execute("select " + ", ".join(f"set_config('{s}', %s, true)" for s in settings), during)
-    rows = conn.execute(query).fetchall()
-    conn.execute("select " + ", ".join(f"set_config('{s}', %s, true)" for s in settings), before)
-    return rows
-
-
 def may_be_kept(plan: SyncPlan) -> bool:
     """Whether the CSV's sums may be kept (``kept_sums``), judged before it is scanned: by its size."""
     try:
@@ -151,18 +142,12 @@ def may_be_kept(plan: SyncPlan) -> bool:
 
 def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> digests.Sums:
     """The table's sums, bucket by bucket."""
-    return digests.target_sums(_aggregate(conn, digests.target_sql(plan.spec), parallel=parallel))
-
-
-def target_totals(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> tuple[int, int, int]:
-    """The table's sums, all buckets together (``digests.Sums.totals``)."""
-    [row] = _aggregate(conn, digests.target_totals_sql(plan.spec), parallel=parallel)
-    return digests.target_totals(row)
+    return digests.target_sums(table_digests.aggregate(conn, table_digests.target_sql(plan.spec), parallel=parallel))
 
 
 def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan], workers: int, *,
-               csv_after: Callable[[], None] | None = None,
-               locate: bool = True) -> tuple[np.ndarray, SourceCounts, int]:
+               csv_after: Callable[[], None] | None = None, locate: bool = True,
+               ahead: TotalsAhead | None = None) -> tuple[np.ndarray, SourceCounts, int]:
     """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
     table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's.
 
@@ -171,13 +156,19 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvs
     import — lets the database work alone first). The CSV is not read when its sums are kept
     (``kept_sums``). One server process sums the table beside the CSV's read: parallel workers would
     take the cores from it (at 1M rows, 0.5 s slower in all); all of them, when it may not be read.
+    ``ahead``: the table's totals were started before (``cutover.totals_ahead``); they are used if they
+    agree with the CSV's — the CSV then equals the table as of their snapshot. Otherwise the table is
+    summed bucket by bucket in ``conn``'s transaction, the one that compares.
 
     Sums that agree in total agree bucket by bucket, but for a 128-bit XOR collision (the argument of
     ``cutover.digests``, over all rows at once): only the CSV's untrusted buckets are then suspect. Sums
     that differ are located by a second read of the table, bucket by bucket; without ``locate``, every
     bucket is suspect (a caller that only asks whether they agree)."""
+    if ahead is not None and not locate:
+        raise ValueError("totals ahead need locating: they may not be this transaction's")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
-        table = side.submit(target_totals, conn, plan, parallel=csv_after is None and may_be_kept(plan))
+        table = side.submit(ahead.result) if ahead is not None else side.submit(
+            table_digests.totals, conn, plan.spec, parallel=csv_after is None and may_be_kept(plan))
         fscan = scan()
         kept = kept_sums(plan, fscan)
         if kept is None and csv_after is not None:
@@ -186,8 +177,9 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvs
         totals = table.result()
     if source.totals() == totals:
         suspects = np.flatnonzero(source.untrusted)
-    elif locate:
-        suspects = digests.suspects(source, target_sums(conn, plan))
+    elif locate:  # ahead's totals may be another instant's, or none: its rows are counted here too
+        table_sums = target_sums(conn, plan)
+        return digests.suspects(source, table_sums), counts, table_sums.total
     else:
         suspects = np.arange(digests.BUCKETS)
     return suspects, counts, totals[0]
@@ -199,10 +191,11 @@ def exact(counts: SourceCounts, target_rows: int) -> parity.Parity:
 
 
 def compare(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan],
-            workers: int) -> tuple[parity.Parity, SourceCounts]:
-    """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``; ``scan``: see ``first_pass``) and
-    its table, in ``conn``'s transaction, which must be repeatable read (``Database.run(..., snapshot=True)``)."""
-    suspects, counts, target_rows = first_pass(conn, plan, scan, workers)
+            workers: int, *, ahead: TotalsAhead | None = None) -> tuple[parity.Parity, SourceCounts]:
+    """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``; ``scan``, ``ahead``: see
+    ``first_pass``) and its table, in ``conn``'s transaction, which must be repeatable read
+    (``Database.run(..., snapshot=True)``)."""
+    suspects, counts, target_rows = first_pass(conn, plan, scan, workers, ahead=ahead)
     if not len(suspects) and not counts.rejected:
         return exact(counts, target_rows), counts
     stage_suspects(conn, plan, scan(), suspects, workers)

@@ -1,7 +1,8 @@
 """Row digests of a CSV's typed rows and of a table's rows, summed into buckets of keys.
 
-Contract: ``source_sums`` (polars, over typed batches) and ``target_sql`` (one PostgreSQL query) give
-the same sums for the same rows, and ``target_totals_sql`` (cheaper: no buckets) their ``Sums.totals``.
+Contract: ``source_sums`` (polars, over typed batches) and ``cutover.table_digests.target_sql`` (one
+PostgreSQL query) give the same sums for the same rows, and ``table_digests.target_totals_sql``
+(cheaper: no buckets) their ``Sums.totals``.
 Both sides write each row in one canonical text and digest it with MD5, the one digest both have
 (PostgreSQL's ``md5``, the ``polars-hash`` plugin's), so the value never depends on a polars version;
 no row's digest is stored (``cutover.digest_memo`` may keep a file's sums).
@@ -17,7 +18,7 @@ equal texts have equal separator counts, and a separator inside a table's value 
 than the CSV row has. A CSV row with U+001F in a text is therefore never trusted to its digest: its
 bucket is always compared row by row (``suspects``).
 
-A bucket (one of 4,096) is a function of the key alone (``key_bucket_sql``); its sums are the row
+A bucket (one of 4,096) is a function of the key alone (``table_digests.key_bucket_sql``); its sums are the row
 count and the XOR of the rows' 128-bit digests (two 64-bit halves). The table's rows have
 distinct keys, so they form a set; a multiset of CSV rows with the same count and XOR as a set is
 that very set (each of its rows must appear an odd number of times, any other row an even number),
@@ -32,18 +33,10 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 import polars_hash as plh
-from psycopg import sql
 
 from cutover.coerce import instant_column
-from cutover.ddl import ident, target
 from cutover.spec import Column, TableSpec
-
-# 4,096 buckets: a one-row difference stages 1/4,096 of the file. More would cost PostgreSQL's sums
-# more than they save (at 65,536, a quarter more time: the hash table no longer fits the CPU's cache).
-BUCKET_DIGITS = 3
-BUCKETS = 16 ** BUCKET_DIGITS
-SEPARATOR = "\x1f"
-MASK_BITS = 62  # NULL flags per int8 field of the bitmask
+from cutover.table_digests import BUCKET_DIGITS, BUCKETS, SEPARATOR, masks
 MAX_DECIMAL_PRECISION = 38  # polars' Decimal; wider numerics take the string rule
 NUM_PARTS = r"^([+-]?)0*([0-9]*)(?:\.([0-9]*))?$"  # ASCII digits: the loader admits no other
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
@@ -100,11 +93,6 @@ class Sums:
             self.untrusted[at] |= frame["untrusted"].to_numpy()
 
 
-def _masks(spec: TableSpec) -> list[list[Column]]:
-    nullable = [c for c in spec.columns if c.nullable]
-    return [nullable[i:i + MASK_BITS] for i in range(0, len(nullable), MASK_BITS)]
-
-
 # --- the CSV side -----------------------------------------------------------------------------
 
 def _numeric_text(col: pl.Expr, c: Column) -> pl.Expr:
@@ -141,7 +129,7 @@ def _mask(columns: list[Column]) -> pl.Expr:
 
 def _bucket(key: Column, text: str) -> pl.Expr:
     """The bucket of the key whose canonical text is column ``text``."""
-    if key.type == "uuid":  # see key_bucket_sql
+    if key.type == "uuid":  # see table_digests.key_bucket_sql
         first, last = (pl.col(text).str.slice(at, 4).str.to_integer(base=16) for at in (0, -4))
         return (first.xor(last) // (1 << (16 - 4 * BUCKET_DIGITS))).alias("bucket")
     return plh.col(text).nchash.md5().str.slice(0, BUCKET_DIGITS).str.to_integer(base=16).alias("bucket")
@@ -155,7 +143,7 @@ def _halves(digest: pl.Expr) -> list[pl.Expr]:
 def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple[pl.Expr | str, ...], ...]:
     """``source_sums``' expressions for one spec, built once (see ``cutover.coerce._typing``): the
     canonical text, its digest, and the digest's halves."""
-    fields = [_field(c, parsed) for c in spec.columns] + [_mask(m) for m in _masks(spec)]
+    fields = [_field(c, parsed) for c in spec.columns] + [_mask(m) for m in masks(spec)]
     key = spec.column(spec.primary_key)
     canonical = [_field(key).alias("_key"), pl.concat_str(fields, separator=SEPARATOR, ignore_nulls=True).alias("_row")]
     if not separator_free:  # more separators than fields: a text holds one
@@ -197,76 +185,8 @@ def suspects(source: Sums, target: Sums) -> np.ndarray:
                       | source.untrusted)[0]
 
 
-# --- the table side ---------------------------------------------------------------------------
-
-# ``date_part('epoch', t)`` is a float8: t's microseconds since 1970 (an exact integer n), divided by 10^6 and
-# rounded once. Times 10^6, rounded again, then to the nearest integer, it gives n back exactly while |n| <
-# 2^51 (the two roundings err by at most |n|·2^-52 together, under one half): from 1898 to 2041. Inside this
-# window, which most data falls in, it costs half of ``extract``'s numeric arithmetic, exact everywhere.
-FLOAT_EXACT = ("1900-01-01 00:00:00+00", "2040-01-01 00:00:00+00")
-
-
-def _sql_field(c: Column) -> sql.Composable:
-    col = ident(c.name)
-    if c.type == "timestamptz":
-        return sql.SQL("case when {c} >= {lo}::timestamptz and {c} < {hi}::timestamptz"
-                       " then round(date_part('epoch', {c}) * 1000000)::int8::text"
-                       " when isfinite({c}) then (extract(epoch from {c}) * 1000000)::int8::text"
-                       " else {c}::text end").format(c=col, lo=sql.Literal(FLOAT_EXACT[0]),
-                                                     hi=sql.Literal(FLOAT_EXACT[1]))
-    return sql.SQL("{}::text").format(col) if c.type != "text" else col
-
-
-def _sql_mask(columns: list[Column]) -> sql.Composable:
-    return sql.SQL("({})::text").format(sql.SQL(" + ").join(
-        sql.SQL("({} is null)::int * {}::int8").format(ident(c.name), sql.Literal(1 << i)) for i, c in enumerate(columns)))
-
-
-def key_bucket_sql(spec: TableSpec) -> sql.Composable:
-    """The bucket of a table row's key, in SQL: the MD5's first hex digits; for a uuid, cheaper, the top
-    bits of its first two bytes XOR its last two (random in v4 and v7, time and counter bits in v1),
-    read from its binary form. A poor spread would only make a difference stage more rows, never change
-    a result."""
-    key = spec.column(spec.primary_key)
-    bits = sql.Literal(4 * BUCKET_DIGITS)
-    if key.type == "uuid":
-        byte = [sql.SQL("get_byte(uuid_send({}), {})").format(ident(key.name), sql.Literal(i)) for i in (0, 14, 1, 15)]
-        return sql.SQL("((({} # {}) << 8 | ({} # {})) >> {})").format(*byte, sql.Literal(16 - 4 * BUCKET_DIGITS))
-    return sql.SQL("('x' || left(md5({}), {}))::bit({})::int").format(_sql_field(key), sql.Literal(BUCKET_DIGITS), bits)
-
-
-def _sql_row(spec: TableSpec) -> sql.Composed:
-    """A row's canonical text (see the module docstring)."""
-    fields = [_sql_field(c) for c in spec.columns] + [_sql_mask(m) for m in _masks(spec)]
-    return sql.SQL("concat_ws({}, {})").format(sql.Literal(SEPARATOR), sql.SQL(", ").join(fields))
-
-
-def target_sql(spec: TableSpec) -> sql.Composed:
-    """(bucket, rows, x0, x1) of the whole table, aggregated in PostgreSQL (run it with ``enable_sort``
-    off: the planner cannot know how few buckets there are)."""
-    return sql.SQL("""
-select b, n, substring(x from 1 for 64)::int8, substring(x from 65 for 64)::int8
-from (select b, count(*)::int8 n, bit_xor(d) x
-      from (select {bucket} b, ('x' || md5({row}))::bit(128) d from {t}) r
-      group by b) g""").format(bucket=key_bucket_sql(spec), row=_sql_row(spec), t=target(spec))
-
-
-def target_totals_sql(spec: TableSpec) -> sql.Composed:
-    """(rows, the XOR of every row's digest as a bit(128)) of the whole table: ``target_sql`` without its
-    buckets, whose hashing and grouping are a third of its cost (see ``Sums.totals``)."""
-    return sql.SQL("select count(*)::int8, bit_xor(('x' || md5({row}))::bit(128)) from {t}").format(
-        row=_sql_row(spec), t=target(spec))
-
-
-def target_totals(row: tuple[int, str | None]) -> tuple[int, int, int]:
-    """``target_totals_sql``'s row as ``Sums.totals`` gives the CSV's (an empty table XORs to NULL)."""
-    count, bits = row
-    xor = int(bits, 2) if bits else 0
-    return count, xor >> 64, xor & (1 << 64) - 1
-
-
 def target_sums(rows: list[tuple]) -> Sums:
-    """``target_sql``'s rows as sums (the halves come back signed: the same 64 bits)."""
+    """``table_digests.target_sql``'s rows as sums (the halves come back signed: the same 64 bits)."""
     sums = Sums.empty()
     if rows:
         frame = pl.DataFrame(rows, schema={"bucket": pl.Int64, "rows": pl.Int64, "x0": pl.Int64, "x1": pl.Int64},

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from cutover.ddl import ident, target
-from cutover.digests import key_bucket_sql
+from cutover.table_digests import key_bucket_sql
 from cutover.spec import TableSpec
 
 EXAMPLES = 20
@@ -54,7 +54,7 @@ class Parity:
 
 
 def _target(spec: TableSpec, restricted: bool) -> sql.Composable:
-    """The target table, or only its rows in the buckets ``%(buckets)s`` (``cutover.digests``) when the
+    """The target table, or only its rows in the buckets ``%(buckets)s`` (``cutover.table_digests``) when the
     staging table holds only the CSV's rows of those buckets."""
     if not restricted:
         return target(spec)

@@ -39,6 +39,7 @@ from pathlib import Path
 from cutover import csvscan, digest_parity, gx_runner, merge, parity, report, security_checks, state, suites, sync
 from cutover.db import Database
 from cutover.spec import TableSpec
+from cutover.totals_ahead import TotalsAhead
 
 log = logging.getLogger("cutover.validate")
 HEARTBEAT_S = 60.0  # well inside state.STALE_AFTER
@@ -275,9 +276,9 @@ def validate_table(db: Database, plan: ValidationPlan, *, workers: int = 2) -> r
         side.shutdown(wait=True, cancel_futures=True)
 
 
-def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict:
+def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2, ahead: TotalsAhead | None = None) -> dict:
     """Exact parity alone (no suites, no report), by digests: the CSV is read, not uploaded, except the
-    rows of the key buckets that differ (``cutover.digest_parity``)."""
+    rows of the key buckets that differ (``cutover.digest_parity``; ``ahead``: see there)."""
     if plan.staging is None:
         raise FileNotFoundError(f"{plan.spec.name}: no CSV to compare with")
     stg = plan.staging
@@ -285,7 +286,7 @@ def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2) -> dict
         sync.begin(db, stg, kind="validate")
         scanned = functools.cache(lambda: sync.scan(stg))  # scanned while PostgreSQL sums the table
         with _alive(db, plan):
-            result, counts = db.run(lambda conn: digest_parity.compare(conn, stg, scanned, workers),
+            result, counts = db.run(lambda conn: digest_parity.compare(conn, stg, scanned, workers, ahead=ahead),
                                     what=f"parity of {plan.spec.name}", snapshot=True)
 
         def end(conn) -> None:

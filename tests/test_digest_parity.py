@@ -14,7 +14,8 @@ import random
 import numpy as np
 import pytest
 
-from cutover import batches, digest_parity, digests, sync as engine, validate as validation
+from cutover import batches, digest_parity, digests, sync as engine, table_digests, validate as validation
+from cutover.totals_ahead import TotalsAhead
 from tests.conftest import CORPUS
 from tests.csvdata import AGENT, OTHER_AGENT, approval, lead, write_csv
 
@@ -44,9 +45,13 @@ def _staged(db, settings, specs, table):
 
 
 def _both(db, settings, specs, table="leads", workers=1):
+    """Parity by digests, with and without the table's totals started ahead, against the oracle."""
     by_digests = validation.parity_only(db, _plan(settings, specs, table), workers=workers)
+    with TotalsAhead.start(db, specs[table]) as ahead:
+        assert ahead.result() is not None
+        with_ahead = validation.parity_only(db, _plan(settings, specs, table), workers=workers, ahead=ahead)
     staged = _staged(db, settings, specs, table)
-    assert by_digests == staged
+    assert by_digests == with_ahead == staged
     return by_digests
 
 
@@ -304,7 +309,7 @@ def test_buckets_agree_between_polars_and_sql_for_every_key(db, settings, specs,
     write_csv(settings.csv_path("leads"), rows)
     _sync(db, settings, specs)
     spec = specs["leads"]
-    in_sql = dict(sql(f"select id::text, {digests.key_bucket_sql(spec).as_string()} from public.leads"))
+    in_sql = dict(sql(f"select id::text, {table_digests.key_bucket_sql(spec).as_string()} from public.leads"))
     import polars as pl
 
     typed = pl.DataFrame({c: [r[c] for r in rows] for c in spec.column_names})
@@ -373,7 +378,7 @@ def test_a_text_key_is_bucketed_by_its_md5_and_every_type_agrees(sql, db_url):
 
     def table_sums():
         with psycopg.connect(db_url) as conn:
-            return digests.target_sums(conn.execute(digests.target_sql(spec)).fetchall())
+            return digests.target_sums(conn.execute(table_digests.target_sql(spec)).fetchall())
 
     assert source.total == table_sums().total == 300
     assert len(digests.suspects(source, table_sums())) == 0
@@ -383,7 +388,7 @@ def test_a_text_key_is_bucketed_by_its_md5_and_every_type_agrees(sql, db_url):
 
 
 def test_timestamps_in_the_float_window_print_as_extract_does(sql):
-    """The table's timestamps take ``date_part``'s float8 inside ``digests.FLOAT_EXACT`` and ``extract``'s
+    """The table's timestamps take ``date_part``'s float8 inside ``table_digests.FLOAT_EXACT`` and ``extract``'s
     numeric outside it: both give the same microseconds, at the window's edges and at random instants
     to the microsecond across years 1..9999 (the loader's range)."""
     from datetime import datetime, timedelta, timezone
@@ -392,20 +397,20 @@ def test_timestamps_in_the_float_window_print_as_extract_does(sql):
 
     rng = random.Random(5)
     epoch, micro = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
-    edges = [datetime.fromisoformat(bound) + d * micro for bound in digests.FLOAT_EXACT for d in (-1, 0, 1)]
+    edges = [datetime.fromisoformat(bound) + d * micro for bound in table_digests.FLOAT_EXACT for d in (-1, 0, 1)]
     # |µs since 1970| near 2^51, where the float rule would first fail, lies outside the window
     edges += [epoch + s * (2 ** 51 + d) * micro for s in (-1, 1) for d in (-1, 0, 1)]
     spans = [(datetime(1, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, tzinfo=timezone.utc)),
              (datetime(1899, 1, 1, tzinfo=timezone.utc), datetime(2041, 1, 1, tzinfo=timezone.utc))]
     randoms = [lo + rng.randrange((hi - lo) // micro) * micro for lo, hi in spans for _ in range(20000)]
-    field = digests._sql_field(Column(name="t", type="timestamptz")).as_string()
+    field = table_digests.sql_field(Column(name="t", type="timestamptz")).as_string()
     rows = sql(f"select {field}, (extract(epoch from t) * 1000000)::int8::text from unnest(%s::timestamptz[]) t",
                (edges + randoms,))
     assert len(rows) == len(edges) + 40000 and all(ours == exact for ours, exact in rows)
 
 
 def test_the_tables_totals_are_its_buckets_folded(db, settings, specs, sql):
-    """``target_totals`` (one aggregate, no buckets) equals the bucket sums folded, for the whole table
+    """``table_digests.totals`` (one aggregate, no buckets) equals the bucket sums folded, for the whole table
     and for an empty one, and so does the CSV's side."""
     write_csv(settings.csv_path("leads"), [lead(i) for i in range(300)])
     _sync(db, settings, specs)
@@ -416,9 +421,9 @@ def test_the_tables_totals_are_its_buckets_folded(db, settings, specs, sql):
     finally:
         engine.drop_snapshot(plan)
     buckets = db.run(lambda conn: digest_parity.target_sums(conn, plan))
-    totals = db.run(lambda conn: digest_parity.target_totals(conn, plan))
+    totals = db.run(lambda conn: table_digests.totals(conn, plan.spec))
     assert totals == buckets.totals() == source.totals() and totals[0] == 300 and totals[1] and totals[2]
     sql("update public.leads set notes = coalesce(notes, '') || '.' where id = %s", (lead(7)["id"],))
-    assert db.run(lambda conn: digest_parity.target_totals(conn, plan)) != source.totals()
+    assert db.run(lambda conn: table_digests.totals(conn, plan.spec)) != source.totals()
     sql("delete from public.leads")
-    assert db.run(lambda conn: digest_parity.target_totals(conn, plan)) == digests.Sums.empty().totals() == (0, 0, 0)
+    assert db.run(lambda conn: table_digests.totals(conn, plan.spec)) == digests.Sums.empty().totals() == (0, 0, 0)
