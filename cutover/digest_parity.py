@@ -126,7 +126,8 @@ def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.File
     """Pass 2: the CSV's rows of ``buckets`` into the run's staging table, every reject into the run's
     rejects, through ``conn``."""
     for typed, rejects, *_ in in_order(lambda batch: _typed(plan, fscan, batch), fscan.batches, workers):
-        rows = digests.in_buckets(typed, plan.spec, buckets) if len(buckets) else typed.clear()
+        rows = typed if len(buckets) == digests.BUCKETS else \
+            digests.in_buckets(typed, plan.spec, buckets) if len(buckets) else typed.clear()
         if rows.height or rejects.height:
             batches.copy_staged(conn, plan, batches.csv_bytes(rows.select(*plan.spec.column_names, "_line")), rejects)
     conn.execute(merge.analyze_staging(plan.staging))
@@ -199,5 +200,7 @@ def compare(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan
     if not len(suspects) and not counts.rejected:
         return exact(counts, target_rows), counts
     stage_suspects(conn, plan, scan(), suspects, workers)
-    found = parity.compare(conn, plan.spec, plan.staging, plan.run_id, buckets=suspects.tolist())
+    # every bucket (a change spread over the file): the table whole, without a filter on each row's bucket
+    every = len(suspects) == digests.BUCKETS
+    found = parity.compare(conn, plan.spec, plan.staging, plan.run_id, buckets=None if every else suspects.tolist())
     return replace(found, source_rows=counts.loaded, target_rows=target_rows), counts

@@ -12,9 +12,10 @@ import json
 import random
 
 import numpy as np
+import psycopg
 import pytest
 
-from cutover import batches, digest_parity, digests, sync as engine, table_digests, validate as validation
+from cutover import batches, digest_parity, digests, parity, sync as engine, table_digests, validate as validation
 from cutover.totals_ahead import TotalsAhead
 from tests.conftest import CORPUS
 from tests.csvdata import AGENT, OTHER_AGENT, approval, lead, write_csv
@@ -117,6 +118,39 @@ def test_missing_extra_rejected_and_duplicate_rows_match_the_staged_comparison(d
     assert (result["missing_in_target"], result["extra_in_target"]) == (1, 2)
     assert result["rejected_in_source"] == 7  # three untypable rows, two keys twice each
     assert not result["passed"]
+
+
+@pytest.mark.parametrize("ambiguous", [False, True])
+def test_examples_are_the_first_keys_of_each_kind_of_difference(db, settings, specs, ambiguous):
+    """More differences of each kind than ``parity.EXAMPLES``: the first keys of each, in key order, from
+    the one join of both sides; with a key the file repeats (its keys left out) or without."""
+    rows = [lead(i) for i in range(120)]
+    write_csv(settings.csv_path("leads"), rows)
+    _sync(db, settings, specs)
+    changed = [{**r, "city": "Elsewhere"} for r in rows[30:55]]
+    new = [lead(i) for i in range(200, 226)]
+    twice = [rows[60]] if ambiguous else []  # its key twice in the file
+    write_csv(settings.csv_path("leads"), changed + rows[55:] + new + twice)
+    result = _both(db, settings, specs)
+    assert (result["missing_in_target"], result["extra_in_target"], result["changed"]) == (26, 30, 25)
+    assert result["rejected_in_source"] == (2 if ambiguous else 0)
+    first = parity.EXAMPLES
+    assert result["examples"]["missing_in_target"] == sorted(r["id"] for r in new)[:first]
+    assert result["examples"]["extra_in_target"] == sorted(r["id"] for r in rows[:30])[:first]
+    assert result["examples"]["changed"] == [{"key": k, "columns": ["city"]}
+                                             for k in sorted(r["id"] for r in changed)[:first]]
+    assert list(result["examples"]) == ["missing_in_target", "extra_in_target", "changed",
+                                        *(["rejected_in_source"] if ambiguous else [])]
+
+
+def test_the_tables_rows_of_some_buckets_are_picked_by_a_hashed_lookup(db, settings, specs):
+    """The buckets go as ``int4[]``, the bucket's own type: a list of small ints would go as ``int2[]``, and
+    ``int4 = any(int2[])`` is not hashed — every row would search the array (30x slower at 4,096)."""
+    write_csv(settings.csv_path("leads"), [lead(1)])
+    _sync(db, settings, specs)
+    query = psycopg.sql.SQL("explain select count(*) from ") + parity._target(specs["leads"], restricted=True)
+    plan = "\n".join(r[0] for r in db.run(lambda conn: conn.execute(query, {"buckets": [1, 2, 3]}).fetchall()))
+    assert "::integer[]" in plan and "smallint" not in plan
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])  # a batch sent as written, or re-encoded
