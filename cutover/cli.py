@@ -262,12 +262,20 @@ def parity(
         from cutover.totals_ahead import TotalsAhead
 
         spec, specs = _spec(settings, table)
+        csv_path = csv or settings.csv_path(table)
+
+        def alone() -> bool:  # the CSV's sums are likely kept: the table's are all the work
+            from cutover import digest_memo
+
+            kept = digest_memo.path_for(settings.rejects_dir, table) if settings.keep_csv_digests else None
+            return digest_memo.may_hold_file(kept, csv_path)
+
         # PostgreSQL starts summing the table before polars is even imported: 0.3-0.5 s sooner
-        with connect(settings) as db, TotalsAhead.start(db, spec) as ahead:
+        with connect(settings) as db, TotalsAhead.start(db, spec, alone=alone) as ahead:
             from cutover import validate as validation
 
             plan = validation.plan_validation(
-                spec, specs, csv or settings.csv_path(table), rejects_dir=settings.rejects_dir,
+                spec, specs, csv_path, rejects_dir=settings.rejects_dir,
                 batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
                 reports_dir=settings.reports_dir, actor="cli", keep_csv_digests=settings.keep_csv_digests)
             result = validation.parity_only(db, plan, workers=settings.workers, ahead=ahead)

@@ -102,6 +102,14 @@ def may_hold(path: Path, size: int) -> bool:
         return True  # recall says why it ignores the file
 
 
+def may_hold_file(path: Path | None, csv: Path) -> bool:
+    """``may_hold`` for the file ``csv`` as it is now, where ``path`` keeps sums (None: nowhere)."""
+    try:
+        return path is not None and path.exists() and may_hold(path, csv.stat().st_size)
+    except OSError:  # the scan says what is wrong with the file
+        return False
+
+
 def keep(path: Path, sha256: str, rules_id: str, sums: Sums, *, read: int, loaded: int, rejected: int,
          size: int | None = None) -> None:
     """Store a file's sums (``size``: its bytes, for ``may_hold``); a failure to is logged, never raised

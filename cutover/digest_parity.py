@@ -135,10 +135,7 @@ def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.File
 
 def may_be_kept(plan: SyncPlan) -> bool:
     """Whether the CSV's sums may be kept (``kept_sums``), judged before it is scanned: by its size."""
-    try:
-        return plan.csv_digests is not None and digest_memo.may_hold(plan.csv_digests, plan.csv_path.stat().st_size)
-    except OSError:  # the scan says what is wrong with the file
-        return False
+    return digest_memo.may_hold_file(plan.csv_digests, plan.csv_path)
 
 
 def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> digests.Sums:

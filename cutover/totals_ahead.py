@@ -1,11 +1,14 @@
 """A table's digest totals, started ahead: PostgreSQL sums the table while the command still loads.
 
-Contract: ``TotalsAhead.start(db, spec)`` runs ``table_digests.totals`` at once, on one pooled
+Contract: ``TotalsAhead.start(db, spec, alone=...)`` runs ``table_digests.totals`` at once, on one pooled
 connection in a transaction of its own, on a daemon thread; ``result()`` waits for (rows, x0, x1) as of
 that transaction's snapshot, or gives None if they could not be had (no such table yet, a table that
 differs from its spec, a lost connection, a cancel: the caller then sums the table itself — nothing here
 is ever the only way). ``cancel()`` cancels the server's statement and waits for the thread; leaving the
-context manager does the same, so an error never leaves the server summing for nobody.
+context manager does the same, so an error never leaves the server summing for nobody. ``alone``, called
+on the thread before the query (a hint that may read a file): whether the table's sums are likely the
+only work, the CSV's being kept (``cutover.digest_memo``) — PostgreSQL then uses its parallel workers;
+otherwise one server process, the command's own work needing the other cores.
 
 The snapshot is the totals' own, not the caller's. Totals that agree with the CSV's prove the CSV equals
 the table as of that instant. Totals that do not are no proof of where they differ: the table may have
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import psycopg
 
@@ -41,27 +45,30 @@ class TotalsAhead:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def start(cls, db: Database, spec: TableSpec) -> TotalsAhead:
+    def start(cls, db: Database, spec: TableSpec, *, alone: Callable[[], bool] = lambda: False) -> TotalsAhead:
         ahead = cls()
         if db.pool.max_size >= MIN_POOL:
-            ahead._thread = threading.Thread(target=ahead._run, args=(db, spec), name="cutover-totals-ahead",
+            ahead._thread = threading.Thread(target=ahead._run, args=(db, spec, alone), name="cutover-totals-ahead",
                                              daemon=True)
             ahead._thread.start()
         return ahead
 
-    def _run(self, db: Database, spec: TableSpec) -> None:
+    def _run(self, db: Database, spec: TableSpec, alone: Callable[[], bool]) -> None:
         def step(conn: psycopg.Connection) -> tuple[int, int, int]:
             with self._lock:
                 if self._cancelled:
                     raise psycopg.errors.QueryCanceled("cancelled before it started")
                 self._conn = conn
             try:
-                # the one server process the table gets: the command's own work needs the other cores
-                return table_digests.totals(conn, spec, parallel=False)
+                return table_digests.totals(conn, spec, parallel=parallel)
             finally:
                 with self._lock:
                     self._conn = None
 
+        try:
+            parallel = alone()
+        except Exception:  # a hint: one server process is always safe
+            parallel = False
         try:
             self._totals = db.run(step, what=f"sums of {spec.name}, ahead")
         except Exception as exc:  # never the only way: the caller sums the table itself

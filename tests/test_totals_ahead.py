@@ -41,11 +41,19 @@ def _first_pass(db, settings, specs, ahead):
         engine.drop_snapshot(plan)
 
 
-def test_totals_ahead_are_the_tables_totals(db, settings, specs):
+def test_totals_ahead_are_the_tables_totals_whatever_the_hint_says(db, settings, specs):
+    """With one server process or all of them (``alone``), and when the hint itself fails."""
     _synced(db, settings, specs, [lead(i) for i in range(50)])
-    with TotalsAhead.start(db, specs["leads"]) as ahead:
-        assert ahead.result() == db.run(lambda conn: table_digests.totals(conn, specs["leads"]))
-        assert ahead.result()[0] == 50
+    expected = db.run(lambda conn: table_digests.totals(conn, specs["leads"]))
+    asked = []
+
+    def broken() -> bool:
+        raise OSError("no such file")
+
+    for alone in (lambda: asked.append(threading.current_thread().name) or True, lambda: False, broken):
+        with TotalsAhead.start(db, specs["leads"], alone=alone) as ahead:
+            assert ahead.result() == expected and expected[0] == 50
+    assert asked == ["cutover-totals-ahead"]  # asked on its thread, not the command's
 
 
 def test_stale_totals_ahead_are_set_aside_and_the_table_summed_in_the_comparing_transaction(db, settings, specs,
