@@ -37,6 +37,7 @@ import polars_hash as plh
 from cutover.coerce import instant_column
 from cutover.spec import Column, TableSpec
 from cutover.table_digests import BUCKET_DIGITS, BUCKETS, SEPARATOR, masks
+
 MAX_DECIMAL_PRECISION = 38  # polars' Decimal; wider numerics take the string rule
 NUM_PARTS = r"^([+-]?)0*([0-9]*)(?:\.([0-9]*))?$"  # ASCII digits: the loader admits no other
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
