@@ -121,13 +121,12 @@ def read_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[di
     return sums, counts
 
 
-def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, buckets: np.ndarray,
+def stage_suspects(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, buckets: np.ndarray | None,
                    workers: int) -> None:
-    """Pass 2: the CSV's rows of ``buckets`` into the run's staging table, every reject into the run's
-    rejects, through ``conn``."""
+    """Pass 2: the CSV's rows of ``buckets`` (None: every row) into the run's staging table, every reject
+    into the run's rejects, through ``conn``."""
     for typed, rejects, *_ in in_order(lambda batch: _typed(plan, fscan, batch), fscan.batches, workers):
-        rows = typed if len(buckets) == digests.BUCKETS else \
-            digests.in_buckets(typed, plan.spec, buckets) if len(buckets) else typed.clear()
+        rows = typed if buckets is None else digests.in_buckets(typed, plan.spec, buckets)
         if rows.height or rejects.height:
             batches.copy_staged(conn, plan, batches.csv_bytes(rows.select(*plan.spec.column_names, "_line")), rejects)
     conn.execute(merge.analyze_staging(plan.staging))
@@ -165,14 +164,14 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvs
     if ahead is not None and not locate:
         raise ValueError("totals ahead need locating: they may not be this transaction's")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
-        table = side.submit(ahead.result) if ahead is not None else side.submit(
+        table = None if ahead is not None else side.submit(
             table_digests.totals, conn, plan.spec, parallel=csv_after is None and may_be_kept(plan))
         fscan = scan()
         kept = kept_sums(plan, fscan)
         if kept is None and csv_after is not None:
             csv_after()
         source, counts = kept or read_sums(plan, fscan, workers)
-        totals = table.result()
+        totals = ahead.result() if table is None else table.result()
     if source.totals() == totals:
         suspects = np.flatnonzero(source.untrusted)
     elif locate:  # ahead's totals may be another instant's, or none: its rows are counted here too
@@ -196,8 +195,9 @@ def compare(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan
     suspects, counts, target_rows = first_pass(conn, plan, scan, workers, ahead=ahead)
     if not len(suspects) and not counts.rejected:
         return exact(counts, target_rows), counts
-    stage_suspects(conn, plan, scan(), suspects, workers)
-    # every bucket (a change spread over the file): the table whole, without a filter on each row's bucket
-    every = len(suspects) == digests.BUCKETS
-    found = parity.compare(conn, plan.spec, plan.staging, plan.run_id, buckets=None if every else suspects.tolist())
+    # every bucket (a change spread over the file): both sides whole, without a filter on each row's bucket
+    buckets = None if len(suspects) == digests.BUCKETS else suspects
+    stage_suspects(conn, plan, scan(), buckets, workers)
+    found = parity.compare(conn, plan.spec, plan.staging, plan.run_id,
+                           buckets=None if buckets is None else buckets.tolist())
     return replace(found, source_rows=counts.loaded, target_rows=target_rows), counts
