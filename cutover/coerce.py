@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import polars as pl
 
+from cutover import fast_timestamps
 from cutover.errors import CutoverError
 from cutover.spec import Column, TableSpec
 
@@ -153,6 +155,8 @@ def column_rule(c: Column, *, nul: bool = True) -> tuple[pl.Expr, pl.Expr]:
 # every batch of a file through both rules (a fixed cost of ~10 ms a batch).
 # Offsets stop at ±14:59: PostgreSQL refuses a displacement past ±15:59, which the general rule
 # converts to UTC first.
+# Two readers of the shape, held equal by tests: this regex, when the shape alone is asked (a load), and
+# ``cutover.fast_timestamps``, which also reads each value's instant by position (parity, digests).
 _LEAP_YEAR = (r"(?:[1-8][0-9](?:0[48]|[2468][048]|[13579][26])"  # divisible by 4, not by 100
               r"|(?:1[26]|2[048]|3[26]|4[048]|5[26]|6[048]|7[26]|8[048])00)")  # divisible by 400
 _FAST_DATE = (r"(?:[1-8][0-9]{3}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
@@ -164,23 +168,6 @@ FAST_TS_RE = (r"^" + _FAST_DATE + r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-
 def fast_timestamp(col: pl.Expr) -> pl.Expr:
     """Whether a value has the fast shape (see above); null stays null."""
     return col.str.contains(FAST_TS_RE)
-
-
-def _fast_instant(col: pl.Expr) -> pl.Expr:
-    """The instant of a value of the fast shape, read by position: its first 19 characters by a fixed
-    format without fraction or offset (polars' quickest parse: a format with ``%.f%:z`` costs twice the
-    whole of this), then the fraction and the offset, whose places its length and last character tell."""
-    # PostgreSQL reads "T" and " " between date and time alike
-    # no cache of parsed values: a file's instants are nearly all distinct, so it only costs (~12%)
-    wall = col.str.replace(" ", "T", literal=True).str.head(19).str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S", time_unit="us", strict=True, cache=False).dt.epoch("us")
-    zulu = col.str.ends_with("Z")
-    digits = col.str.len_bytes().cast(pl.Int64) - pl.when(zulu).then(21).otherwise(26)  # after the point
-    micros = col.str.slice(20, digits.clip(0)).str.pad_end(6, "0").str.to_integer(dtype=pl.Int64)
-    minutes = (col.str.slice(-5, 2).str.to_integer(dtype=pl.Int64, strict=False) * 60
-               + col.str.slice(-2, 2).str.to_integer(dtype=pl.Int64, strict=False))
-    offset = pl.when(zulu).then(0).when(col.str.slice(-6, 1) == "-").then(-minutes).otherwise(minutes)
-    return (wall + micros - offset * 60_000_000).cast(pl.Datetime("us", "UTC"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,11 +204,10 @@ def _typing(spec: TableSpec, fast: bool, nul: bool, instants: bool) -> _Exprs:
 
 
 @lru_cache(maxsize=64)
-def _fast_shape(spec: TableSpec) -> tuple[pl.Expr, tuple[pl.Expr, ...]]:
-    """(whether a row's every timestamp has the fast shape, the fast rows' instants)."""
-    stamps = [c for c in spec.columns if c.type == "timestamptz"]
-    return (pl.all_horizontal([pl.col(c.name).is_null() | fast_timestamp(pl.col(c.name)) for c in stamps]),
-            tuple(_fast_instant(pl.col(c.name)).alias(instant_column(c.name)) for c in stamps))
+def _fast_shape(spec: TableSpec) -> pl.Expr:
+    """Whether a row's every timestamp has the fast shape."""
+    return pl.all_horizontal([pl.col(c.name).is_null() | fast_timestamp(pl.col(c.name))
+                              for c in spec.columns if c.type == "timestamptz"])
 
 
 def _split_fast(raw: pl.DataFrame, spec: TableSpec, instants: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -229,15 +215,19 @@ def _split_fast(raw: pl.DataFrame, spec: TableSpec, instants: bool) -> tuple[pl.
     each timestamp's instant (``instant_column``)."""
     if not any(c.type == "timestamptz" for c in spec.columns) or raw.height == 0:
         return raw.clear(), raw
-    shape, fast_instants = _fast_shape(spec)
-    fast = raw.select(shape).to_series()
-    if not fast.all():
-        raw, general = raw.filter(fast), raw.filter(~fast)
-    else:
-        general = raw.clear()
     if instants:
-        raw = raw.with_columns(fast_instants)
-    return raw, general
+        stamps = [c.name for c in spec.columns if c.type == "timestamptz"]
+        read = [fast_timestamps.read(raw[name]) for name in stamps]
+        fast = pl.Series(np.logical_and.reduce([shaped | raw[name].is_null().to_numpy()
+                                                for name, (shaped, _) in zip(stamps, read)]))
+        raw = raw.with_columns(instants.alias(instant_column(name)) for name, (_, instants) in zip(stamps, read))
+    else:
+        fast = raw.select(_fast_shape(spec)).to_series()
+    if fast.all():
+        return raw, raw.clear()
+    general = raw.filter(~fast)
+    return raw.filter(fast), general.drop([instant_column(c.name) for c in spec.columns if c.type == "timestamptz"]
+                                          if instants else [])
 
 
 def _instants(spec: TableSpec, fast: bool) -> list[pl.Expr]:
