@@ -139,7 +139,8 @@ def may_be_kept(plan: SyncPlan) -> bool:
 
 def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = True) -> digests.Sums:
     """The table's sums, bucket by bucket."""
-    return digests.target_sums(table_digests.aggregate(conn, table_digests.target_sql(plan.spec), parallel=parallel))
+    query = table_digests.target_sql(plan.spec, conn.info.server_version)
+    return digests.target_sums(table_digests.aggregate(conn, query, parallel=parallel))
 
 
 def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan], workers: int, *,

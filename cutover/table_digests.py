@@ -36,10 +36,18 @@ def masks(spec: TableSpec) -> list[list[Column]]:
 # 2^51 (the two roundings err by at most |n|·2^-52 together, under one half): from 1898 to 2041. Inside this
 # window, which most data falls in, it costs half of ``extract``'s numeric arithmetic, exact everywhere.
 FLOAT_EXACT = ("1900-01-01 00:00:00+00", "2040-01-01 00:00:00+00")
+# From PostgreSQL 18, bytea casts to int8: a timestamptz's binary form, its microseconds since 2000, read as
+# a number costs less than either (1M rows, two timestamp columns: ~0.25 s less of the server's ~3 s).
+BYTEA_TO_INT8 = 180_000  # server_version_num
+MICROS_1970_TO_2000 = 946_684_800_000_000
 
 
-def sql_field(c: Column) -> sql.Composable:
+def sql_field(c: Column, version: int = 0) -> sql.Composable:
+    """A field of the canonical text, for a server of ``version`` (``server_version_num``; 0: any)."""
     col = ident(c.name)
+    if c.type == "timestamptz" and version >= BYTEA_TO_INT8:
+        return sql.SQL("case when isfinite({c}) then (timestamptz_send({c})::int8 + {shift})::text"
+                       " else {c}::text end").format(c=col, shift=sql.Literal(MICROS_1970_TO_2000))
     if c.type == "timestamptz":
         return sql.SQL("case when {c} >= {lo}::timestamptz and {c} < {hi}::timestamptz"
                        " then round(date_part('epoch', {c}) * 1000000)::int8::text"
@@ -67,27 +75,27 @@ def key_bucket_sql(spec: TableSpec) -> sql.Composable:
     return sql.SQL("('x' || left(md5({}), {}))::bit({})::int").format(sql_field(key), sql.Literal(BUCKET_DIGITS), bits)
 
 
-def row_sql(spec: TableSpec) -> sql.Composed:
-    """A row's canonical text (see the module docstring)."""
-    fields = [sql_field(c) for c in spec.columns] + [_mask(m) for m in masks(spec)]
+def row_sql(spec: TableSpec, version: int) -> sql.Composed:
+    """A row's canonical text (see the module docstring), for a server of ``version`` (``sql_field``)."""
+    fields = [sql_field(c, version) for c in spec.columns] + [_mask(m) for m in masks(spec)]
     return sql.SQL("concat_ws({}, {})").format(sql.Literal(SEPARATOR), sql.SQL(", ").join(fields))
 
 
-def target_sql(spec: TableSpec) -> sql.Composed:
+def target_sql(spec: TableSpec, version: int) -> sql.Composed:
     """(bucket, rows, x0, x1) of the whole table, aggregated in PostgreSQL (run it with ``enable_sort``
-    off: the planner cannot know how few buckets there are)."""
+    off: the planner cannot know how few buckets there are); ``version``: see ``sql_field``."""
     return sql.SQL("""
 select b, n, substring(x from 1 for 64)::int8, substring(x from 65 for 64)::int8
 from (select b, count(*)::int8 n, bit_xor(d) x
       from (select {bucket} b, ('x' || md5({row}))::bit(128) d from {t}) r
-      group by b) g""").format(bucket=key_bucket_sql(spec), row=row_sql(spec), t=target(spec))
+      group by b) g""").format(bucket=key_bucket_sql(spec), row=row_sql(spec, version), t=target(spec))
 
 
-def target_totals_sql(spec: TableSpec) -> sql.Composed:
+def target_totals_sql(spec: TableSpec, version: int) -> sql.Composed:
     """(rows, the XOR of every row's digest as a bit(128)) of the whole table: ``target_sql`` without its
     buckets, whose hashing and grouping are a third of its cost (see ``Sums.totals``)."""
     return sql.SQL("select count(*)::int8, bit_xor(('x' || md5({row}))::bit(128)) from {t}").format(
-        row=row_sql(spec), t=target(spec))
+        row=row_sql(spec, version), t=target(spec))
 
 
 def totals_of(row: tuple[int, str | None]) -> tuple[int, int, int]:
@@ -112,5 +120,5 @@ def aggregate(conn: psycopg.Connection, query: sql.Composed, *, parallel: bool) 
 
 def totals(conn: psycopg.Connection, spec: TableSpec, *, parallel: bool = True) -> tuple[int, int, int]:
     """The table's sums, all buckets together (``cutover.digests.Sums.totals``)."""
-    [row] = aggregate(conn, target_totals_sql(spec), parallel=parallel)
+    [row] = aggregate(conn, target_totals_sql(spec, conn.info.server_version), parallel=parallel)
     return totals_of(row)
