@@ -217,10 +217,10 @@ def _split_fast(raw: pl.DataFrame, spec: TableSpec, instants: bool) -> tuple[pl.
         return raw.clear(), raw
     if instants:
         stamps = [c.name for c in spec.columns if c.type == "timestamptz"]
-        read = [fast_timestamps.read(raw[name]) for name in stamps]
+        read = {name: fast_timestamps.read(raw[name]) for name in stamps}
         fast = pl.Series(np.logical_and.reduce([shaped | raw[name].is_null().to_numpy()
-                                                for name, (shaped, _) in zip(stamps, read)]))
-        raw = raw.with_columns(instants.alias(instant_column(name)) for name, (_, instants) in zip(stamps, read))
+                                                for name, (shaped, _) in read.items()]))
+        raw = raw.with_columns(at.alias(instant_column(name)) for name, (_, at) in read.items())
     else:
         fast = raw.select(_fast_shape(spec)).to_series()
     if fast.all():

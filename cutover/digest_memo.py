@@ -49,14 +49,14 @@ def rules(spec: TableSpec) -> str:
     import polars
     import polars_hash
 
-    from cutover import batches, coerce, csvscan, digest_parity, digests, table_digests
+    from cutover import batches, coerce, csvscan, digest_parity, digests, fast_timestamps, table_digests
 
     digest = hashlib.sha256()
     for part in (repr(dataclasses.replace(spec, source=None)), polars.__version__,
                  getattr(polars_hash, "__version__", "?")):
         digest.update(part.encode() + b"\x00")
     try:
-        for module in (csvscan, batches, coerce, digests, table_digests, digest_parity):
+        for module in (csvscan, batches, coerce, fast_timestamps, digests, table_digests, digest_parity):
             digest.update(Path(module.__file__).read_bytes() + b"\x00")
     except (OSError, TypeError):  # no readable source: rules that no kept sums can match
         return f"unknown-{uuid.uuid4().hex}"

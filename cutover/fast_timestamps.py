@@ -6,7 +6,7 @@ null), and ``instants[i]`` is then the instant the value names — the one ``cut
 rule parses — as Datetime("us", "UTC"); null where the value lacks the shape. A pure function with no
 state: threads may call it at once.
 
-Why: parity and the digests of a sync need every timestamp's instant. Each value is laid out as one
+Why: the CSV's digests (parity, a validation) need every timestamp's instant. Each value is laid out as one
 row of a byte matrix, padded to the shape's longest length (32 bytes), so the shape's checks and the
 calendar arithmetic are a few dozen array operations over the whole batch instead of a regex and a
 parse per value: ~40% less time than polars' regex and ``str.to_datetime``.

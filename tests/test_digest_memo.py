@@ -8,6 +8,7 @@ examples and the rejects it records.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,21 @@ def test_the_rules_name_the_spec(specs):
     other = dataclasses.replace(spec, columns=(*spec.columns[:6], flipped, *spec.columns[7:]))
     assert digest_memo.rules(spec) == digest_memo.rules(spec)
     assert digest_memo.rules(spec) != digest_memo.rules(other)
+
+
+@pytest.mark.parametrize("module", ["csvscan", "batches", "coerce", "fast_timestamps", "digests", "table_digests",
+                                    "digest_parity"])
+def test_the_rules_name_each_module_the_sums_run_through(specs, tmp_path, monkeypatch, module):
+    """A change to the code that reads, types or digests a CSV changes the rules: sums kept under the
+    old code are not recalled."""
+    import importlib
+
+    code = importlib.import_module(f"cutover.{module}")
+    before = digest_memo.rules.__wrapped__(specs["leads"])
+    changed = tmp_path / f"{module}.py"
+    changed.write_bytes(Path(code.__file__).read_bytes() + b"\n# changed\n")
+    monkeypatch.setattr(code, "__file__", str(changed))
+    assert digest_memo.rules.__wrapped__(specs["leads"]) != before
 
 
 def test_the_same_file_again_is_not_read_and_gives_the_same_outcome(db, settings, specs, sql, no_csv_read):
