@@ -267,7 +267,7 @@ def parity(
         def alone() -> bool:  # the CSV's sums are likely kept: the table's are all the work
             from cutover import digest_memo
 
-            kept = digest_memo.path_for(settings.rejects_dir, table) if settings.keep_csv_digests else None
+            kept = digest_memo.kept_at(settings.rejects_dir, table, settings.keep_csv_digests)  # as plan_sync's
             return digest_memo.may_hold_file(kept, csv_path)
 
         # PostgreSQL starts summing the table before polars is even imported: 0.3-0.5 s sooner

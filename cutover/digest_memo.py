@@ -43,6 +43,11 @@ def path_for(registry: Path, table: str) -> Path:
     return Path(registry) / f".{table}.csv-digests.npz"
 
 
+def kept_at(registry: Path, table: str, keep: bool) -> Path | None:
+    """Where a run keeps the table's CSV sums: ``path_for``, or None when the settings keep none."""
+    return path_for(registry, table) if keep else None
+
+
 @functools.cache  # a process's modules and libraries do not change: read their bytes once per spec
 def rules(spec: TableSpec) -> str:
     """What a CSV's sums depend on besides its bytes (see the module docstring)."""

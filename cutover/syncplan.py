@@ -131,7 +131,7 @@ def plan_sync(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path, *, r
         rejects_file=Path(rejects_dir) / f"{spec.name}-{stamp}-{run_id.hex[:8]}.csv",
         batch_bytes=batch_bytes, mass_delete_threshold=mass_delete_threshold,
         allow_mass_delete=allow_mass_delete, actor=actor, diff_index_bytes=diff_index_mb << 20,
-        csv_digests=digest_memo.path_for(rejects_dir, spec.name) if keep_csv_digests else None)
+        csv_digests=digest_memo.kept_at(rejects_dir, spec.name, keep_csv_digests))
 
 
 @dataclass(frozen=True)
