@@ -18,6 +18,9 @@ equal texts have equal separator counts, and a separator inside a table's value 
 than the CSV row has. A CSV row with U+001F in a text is therefore never trusted to its digest: its
 bucket is always compared row by row (``suspects``).
 
+Where the C kernel is built (``cutover.row_md5``), it writes each row's text and digests it in one pass
+over the canonical fields; the polars expressions below are its definition and the fallback.
+
 A bucket (one of 4,096) is a function of the key alone (``table_digests.key_bucket_sql``); its sums are the row
 count and the XOR of the rows' 128-bit digests (two 64-bit halves). The table's rows have
 distinct keys, so they form a set; a multiset of CSV rows with the same count and XOR as a set is
@@ -34,6 +37,7 @@ import numpy as np
 import polars as pl
 import polars_hash as plh
 
+from cutover import row_md5
 from cutover.coerce import instant_column
 from cutover.spec import Column, TableSpec
 from cutover.table_digests import BUCKET_DIGITS, BUCKETS, SEPARATOR, masks
@@ -73,16 +77,14 @@ class Sums:
         """(rows, x0, x1) of all buckets together: the XORs of every row's digest halves."""
         return self.total, int(np.bitwise_xor.reduce(self.x0)), int(np.bitwise_xor.reduce(self.x1))
 
-    def add_rows(self, frame: pl.DataFrame) -> None:
-        """Fold in a frame of (bucket, x0, x1, untrusted) with one row per CSV row. numpy's ``.at`` ufuncs
-        fold repeated indices one by one, so a bucket met twice counts twice."""
-        at = frame["bucket"].to_numpy()
-        np.add(self.rows, np.bincount(at, minlength=BUCKETS), out=self.rows)
-        np.bitwise_xor.at(self.x0, at, frame["x0"].to_numpy())
-        np.bitwise_xor.at(self.x1, at, frame["x1"].to_numpy())
-        untrusted = frame["untrusted"].to_numpy()
-        if untrusted.any():
-            np.logical_or.at(self.untrusted, at, untrusted)
+    def add_rows(self, bucket: np.ndarray, x0: np.ndarray, x1: np.ndarray, untrusted: np.ndarray | None) -> None:
+        """Fold in CSV rows, one per array element. numpy's ``.at`` ufuncs fold repeated indices one by
+        one, so a bucket met twice counts twice."""
+        np.add(self.rows, np.bincount(bucket, minlength=BUCKETS), out=self.rows)
+        np.bitwise_xor.at(self.x0, bucket, x0)
+        np.bitwise_xor.at(self.x1, bucket, x1)
+        if untrusted is not None and untrusted.any():
+            np.logical_or.at(self.untrusted, bucket, untrusted)
 
     def add(self, frame: pl.DataFrame) -> None:
         """Fold in a frame of (bucket, rows, x0, x1[, untrusted]) with one row per bucket."""
@@ -106,16 +108,18 @@ def _numeric_text(col: pl.Expr, c: Column) -> pl.Expr:
     return signed + whole + ("." + frac if c.scale else pl.lit(""))
 
 
-def _field(c: Column, parsed: bool = False) -> pl.Expr:
+def _field(c: Column, parsed: bool = False, *, as_text: bool = True) -> pl.Expr:
     """The canonical text of a typed value (``cutover.coerce``'s output), NULL kept. ``parsed``: the frame
-    carries the timestamps' instants as the loader parsed them (``coerce(..., instants=True)``)."""
+    carries the timestamps' instants as the loader parsed them (``coerce(..., instants=True)``);
+    ``as_text`` False: a timestamp's microseconds stay an Int64 (the C kernel writes them)."""
     col = pl.col(c.name)
     if c.type == "timestamptz" and parsed:
-        return pl.col(instant_column(c.name)).dt.epoch("us").cast(pl.String)
+        micros = pl.col(instant_column(c.name)).dt.epoch("us")
+        return micros.cast(pl.String) if as_text else micros
     if c.type == "timestamptz":  # the loader passes either shape: as written (fast) or its own UTC form
         instant = col.str.replace(" ", "T", literal=True).str.replace("Z", "+00:00", literal=True).str.to_datetime(
             TS_FORMAT, time_unit="us", time_zone="UTC", strict=True)
-        return instant.dt.epoch("us").cast(pl.String)
+        return instant.dt.epoch("us").cast(pl.String) if as_text else instant.dt.epoch("us")
     if c.type == "numeric":
         if c.precision <= MAX_DECIMAL_PRECISION:  # prints as PostgreSQL does: ``scale`` decimals, no -0
             return col.cast(pl.Decimal(c.precision, c.scale)).cast(pl.String)
@@ -128,12 +132,12 @@ def _mask(columns: list[Column]) -> pl.Expr:
                              for i, c in enumerate(columns)).cast(pl.String)
 
 
-def _bucket(key: Column, text: str) -> pl.Expr:
-    """The bucket of the key whose canonical text is column ``text``."""
+def _bucket(key: Column, text: pl.Expr) -> pl.Expr:
+    """The bucket of the key whose canonical text is ``text``."""
     if key.type == "uuid":  # see table_digests.key_bucket_sql
-        first, last = (pl.col(text).str.slice(at, 4).str.to_integer(base=16) for at in (0, -4))
+        first, last = (text.str.slice(at, 4).str.to_integer(base=16) for at in (0, -4))
         return (first.xor(last) // (1 << (16 - 4 * BUCKET_DIGITS))).alias("bucket")
-    return plh.col(text).nchash.md5().str.slice(0, BUCKET_DIGITS).str.to_integer(base=16).alias("bucket")
+    return text.nchash.md5().str.slice(0, BUCKET_DIGITS).str.to_integer(base=16).alias("bucket")
 
 
 def _halves(digest: pl.Expr) -> list[pl.Expr]:
@@ -153,23 +157,43 @@ def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple
     untrusted = pl.lit(False) if separator_free else \
         pl.col("_row").str.count_matches(SEPARATOR, literal=True) != pl.col("_present") - 1
     # the digest once, as its own column: both halves of one expression would compute it twice (eager)
-    digested = (_bucket(key, "_key"), plh.col("_row").nchash.md5().alias("_md5"), untrusted.alias("untrusted"))
+    digested = (_bucket(key, pl.col("_key")), plh.col("_row").nchash.md5().alias("_md5"), untrusted.alias("untrusted"))
     return tuple(canonical), digested, ("bucket", *_halves(pl.col("_md5")), "untrusted")
 
 
+@lru_cache(maxsize=64)
+def _kernel_fields(spec: TableSpec, parsed: bool) -> tuple[tuple[pl.Expr, ...], tuple[tuple[int, int], ...], int]:
+    """``source_sums``' input for the C kernel, built once: the canonical fields and the bucket, each
+    column's (group, bit) in the NULL bitmasks, and how many bitmasks."""
+    key = spec.column(spec.primary_key)
+    fields = [_field(c, parsed, as_text=False).alias(f"_f{i}") for i, c in enumerate(spec.columns)]
+    slot = {c.name: (g, bit) for g, group in enumerate(masks(spec)) for bit, c in enumerate(group)}
+    return ((_bucket(key, _field(key)), *fields), tuple(slot.get(c.name, (-1, 0)) for c in spec.columns),
+            len(masks(spec)))
+
+
 def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False,
-                count: str | None = None) -> int:
+                count: str | None = None, kernel: bool = True) -> int:
     """Fold a batch of typed rows (columns in spec order; others ignored) into ``into``.
     ``separator_free``: the caller knows no value holds the separator (its bytes do not). Returns how
     many times the character ``count`` appears in the rows' texts, when asked: a punctuation mark
-    other than ``-``, ``.`` and ``:`` can only come from a text value (see the canonical text)."""
+    other than ``-``, ``.`` and ``:`` can only come from a text value (see the canonical text).
+    ``kernel`` False: polars' expressions even where the C kernel is built (tests compare the two)."""
     if typed.height == 0:
         return 0
     parsed = all(instant_column(c.name) in typed.columns for c in spec.columns if c.type == "timestamptz")
+    if kernel and row_md5.available() and (count is None or (len(count) == 1 and count.isascii())):
+        exprs, slots, n_masks = _kernel_fields(spec, parsed)
+        fields = typed.select(exprs)
+        found = row_md5.digest(fields.drop("bucket"), list(slots), n_masks, check_separators=not separator_free,
+                               count=count)
+        into.add_rows(fields["bucket"].to_numpy(), found.x0, found.x1, found.untrusted)
+        return found.counted
     canonical, digested, halves = _summing(spec, parsed, separator_free)
     rows = typed.select(canonical)
     # folded by numpy, not grouped by polars: a third of the time on a batch's ~15,000 rows
-    into.add_rows(rows.select(digested).select(halves))
+    summed = rows.select(digested).select(halves)
+    into.add_rows(*(summed[c].to_numpy() for c in ("bucket", "x0", "x1", "untrusted")))
     return rows["_row"].str.count_matches(count, literal=True).sum() if count else 0
 
 
@@ -177,7 +201,7 @@ def in_buckets(typed: pl.DataFrame, spec: TableSpec, buckets: np.ndarray) -> pl.
     """The rows of ``typed`` whose key falls in one of ``buckets``."""
     key = spec.column(spec.primary_key)
     keys = typed.select(_field(key).alias("_key"))
-    return typed.filter(keys.select(_bucket(key, "_key").is_in(pl.Series(buckets).implode())).to_series())
+    return typed.filter(keys.select(_bucket(key, pl.col("_key")).is_in(pl.Series(buckets).implode())).to_series())
 
 
 def suspects(source: Sums, target: Sums) -> np.ndarray:

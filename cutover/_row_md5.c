@@ -1,0 +1,220 @@
+/* The rows' canonical texts and their MD5s, in one pass over a batch's columns (see cutover/row_md5.py).
+
+Contract: for each row, the text is its non-NULL fields joined by U+001F, then its NULL bitmasks, each a
+decimal integer (cutover/digests.py): exactly what digests.source_sums builds with polars. The row's MD5
+(OpenSSL's, passed in as a function pointer: this file needs no headers or libraries beyond libc) is
+written as two big-endian 64-bit halves, as the hex digest read in two.
+
+The columns come as Arrow C streams (polars' own export, no copy), one chunk each, all of one length:
+UTF-8 views (polars' strings) or int64 (written in decimal); any other layout is refused. The
+function holds no state and no lock, so threads may call it at once; Python's lock is released around
+it (ctypes). It returns the number of rows, or a negative code (see row_md5.py) and writes nothing
+the caller may use.
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ArrowSchema {
+    const char *format, *name, *metadata;
+    int64_t flags, n_children;
+    struct ArrowSchema **children, *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+struct ArrowArray {
+    int64_t length, null_count, offset, n_buffers, n_children;
+    const void **buffers;
+    struct ArrowArray **children, *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+struct ArrowArrayStream {
+    int (*get_schema)(struct ArrowArrayStream *, struct ArrowSchema *);
+    int (*get_next)(struct ArrowArrayStream *, struct ArrowArray *);
+    const char *(*get_last_error)(struct ArrowArrayStream *);
+    void (*release)(struct ArrowArrayStream *);
+    void *private_data;
+};
+
+typedef unsigned char *(*md5_fn)(const unsigned char *, size_t, unsigned char *);
+
+enum { VIEW, INT64 };
+enum { E_STREAM = -1, E_FORMAT = -2, E_SHAPE = -3, E_MEMORY = -4, E_COLUMNS = -5 };
+#define MAX_COLUMNS 1024
+#define SEPARATOR 0x1f
+
+struct column {
+    struct ArrowArray array;
+    int layout;
+};
+
+static int open_column(struct ArrowArrayStream *stream, int64_t rows, struct column *col) {
+    struct ArrowSchema schema;
+    if (stream->get_schema(stream, &schema)) return E_STREAM;
+    const char *f = schema.format;
+    int layout = !strcmp(f, "vu") ? VIEW : !strcmp(f, "l") ? INT64 : -1;
+    schema.release(&schema);
+    if (layout < 0) return E_FORMAT;
+    if (stream->get_next(stream, &col->array)) return E_STREAM;
+    if (col->array.release == NULL) return E_SHAPE;  /* no chunk at all */
+    col->layout = layout;
+    struct ArrowArray more;  /* exactly one chunk */
+    if (col->array.length != rows || stream->get_next(stream, &more)) return E_SHAPE;
+    if (more.release != NULL) { more.release(&more); return E_SHAPE; }
+    return 0;
+}
+
+static inline int is_null(const struct ArrowArray *a, int64_t i) {
+    const uint8_t *valid = a->buffers[0];
+    return a->null_count != 0 && valid != NULL && !((valid[i >> 3] >> (i & 7)) & 1);
+}
+
+/* Field i of a UTF-8 view column: its bytes and length (a view holds up to 12 bytes itself, else
+points into one of the data buffers that follow the views). */
+static inline const unsigned char *text_at(const struct ArrowArray *a, int64_t i, int64_t *len) {
+    const unsigned char *view = (const unsigned char *)a->buffers[1] + 16 * i;
+    int32_t n, buffer, offset;
+    memcpy(&n, view, 4);
+    *len = n;
+    if (n <= 12) return view + 4;
+    memcpy(&buffer, view + 8, 4);
+    memcpy(&offset, view + 12, 4);
+    return (const unsigned char *)a->buffers[2 + buffer] + offset;
+}
+
+static inline size_t write_int(unsigned char *out, int64_t v) {
+    unsigned char digits[20];
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    size_t n = 0, k = 0;
+    do { digits[n++] = (unsigned char)('0' + u % 10); u /= 10; } while (u);
+    if (v < 0) out[k++] = '-';
+    while (n) out[k++] = digits[--n];
+    return k;
+}
+
+static inline uint64_t big_endian(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static inline size_t int_length(int64_t v) {
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    size_t n = v < 0 ? 2 : 1;
+    while (u >= 10) { u /= 10; n++; }
+    return n;
+}
+
+/* Field i of column c: its length in the text, or -1 for a NULL. */
+static inline int64_t field_length(const struct column *col, int64_t i) {
+    if (is_null(&col->array, i)) return -1;
+    if (col->layout == INT64) return (int64_t)int_length(((const int64_t *)col->array.buffers[1])[i]);
+    int32_t n;
+    memcpy(&n, (const unsigned char *)col->array.buffers[1] + 16 * i, 4);
+    return n;
+}
+
+static inline size_t write_field(unsigned char *out, const struct column *col, int64_t i) {
+    if (col->layout == INT64) return write_int(out, ((const int64_t *)col->array.buffers[1])[i]);
+    int64_t n;
+    const unsigned char *p = text_at(&col->array, i, &n);
+    memcpy(out, p, (size_t)n);
+    return (size_t)n;
+}
+
+/* How many times byte b appears in p[0..len): by memchr, as the bytes counted are rare. */
+static inline int64_t occurrences(const unsigned char *p, size_t len, unsigned char b) {
+    int64_t n = 0;
+    const unsigned char *end = p + len;
+    while (p < end && (p = memchr(p, b, (size_t)(end - p))) != NULL) { n++; p++; }
+    return n;
+}
+
+/* Rows go by tiles, each tile column by column: a column's values are read in order, and the tile's texts
+stay in the CPU's cache (row by row, the reads of ~17 columns at once missed it: a third slower). */
+#define TILE 256
+
+/* mask_group[c], mask_bit[c]: where column c's NULL flag goes (group -1: never NULL). untrusted: when not
+NULL, flags each row whose text holds more separators than it joins fields (a value holds one). counted:
+when not NULL, how many times the byte count_byte appears in all rows' texts. */
+int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *mask_group,
+                const int32_t *mask_bit, int32_t n_masks, md5_fn md5, uint64_t *x0, uint64_t *x1,
+                uint8_t *untrusted, int32_t count_byte, int64_t *counted) {
+    if (n_columns < 1 || n_columns > MAX_COLUMNS || n_masks < 0 || n_masks > MAX_COLUMNS) return E_COLUMNS;
+    struct column *cols = calloc((size_t)n_columns, sizeof *cols);
+    int64_t *masks = calloc((size_t)TILE * ((size_t)n_masks + 1), sizeof *masks);
+    size_t start[TILE + 1], at[TILE], cap = 1 << 18;
+    int64_t fields[TILE];
+    unsigned char *text = malloc(cap);
+    int64_t result = rows, opened = 0, count = 0;
+    if (cols == NULL || masks == NULL || text == NULL) { result = E_MEMORY; goto done; }
+    for (; opened < n_columns; opened++) {
+        int err = open_column(streams[opened], rows, &cols[opened]);
+        if (err) { result = err; if (cols[opened].array.release) cols[opened].array.release(&cols[opened].array); goto done; }
+    }
+    for (int64_t t = 0; t < rows; t += TILE) {
+        int64_t m = rows - t < TILE ? rows - t : TILE;
+        /* 1. each text's length: every field and bitmask followed by a separator, the last one dropped */
+        size_t length[TILE] = {0};
+        memset(fields, 0, sizeof fields);
+        memset(masks, 0, sizeof *masks * (size_t)TILE * (size_t)n_masks);
+        for (int32_t c = 0; c < n_columns; c++) {
+            const struct column *col = &cols[c];
+            for (int64_t k = 0; k < m; k++) {
+                int64_t n = field_length(col, col->array.offset + t + k);
+                if (n < 0) {
+                    if (mask_group[c] >= 0) masks[k * n_masks + mask_group[c]] |= (int64_t)1 << mask_bit[c];
+                    continue;
+                }
+                length[k] += (size_t)n + 1;
+                fields[k]++;
+            }
+        }
+        start[0] = 0;
+        for (int64_t k = 0; k < m; k++) {
+            for (int32_t g = 0; g < n_masks; g++) length[k] += int_length(masks[k * n_masks + g]) + 1;
+            fields[k] += n_masks;
+            start[k + 1] = start[k] + length[k];
+            at[k] = start[k];
+        }
+        if (start[m] > cap) {
+            while (start[m] > cap) cap *= 2;
+            free(text);
+            text = malloc(cap);
+            if (text == NULL) { result = E_MEMORY; goto done; }
+        }
+        /* 2. the texts, column by column */
+        for (int32_t c = 0; c < n_columns; c++) {
+            const struct column *col = &cols[c];
+            for (int64_t k = 0; k < m; k++) {
+                int64_t i = col->array.offset + t + k;
+                if (is_null(&col->array, i)) continue;
+                at[k] += write_field(text + at[k], col, i);
+                text[at[k]++] = SEPARATOR;
+            }
+        }
+        /* 3. the bitmasks, the digests and the counts, row by row */
+        for (int64_t k = 0; k < m; k++) {
+            for (int32_t g = 0; g < n_masks; g++) {
+                at[k] += write_int(text + at[k], masks[k * n_masks + g]);
+                text[at[k]++] = SEPARATOR;
+            }
+            const unsigned char *row = text + start[k];
+            size_t len = length[k] ? length[k] - 1 : 0;
+            unsigned char digest[16];
+            md5(row, len, digest);
+            x0[t + k] = big_endian(digest);
+            x1[t + k] = big_endian(digest + 8);
+            if (untrusted != NULL) untrusted[t + k] = occurrences(row, len, SEPARATOR) != fields[k] - 1;
+            if (counted != NULL) count += occurrences(row, len, (unsigned char)count_byte);
+        }
+    }
+    if (counted != NULL) *counted = count;
+done:
+    for (int64_t c = 0; c < opened; c++) cols[c].array.release(&cols[c].array);
+    free(cols);
+    free(masks);
+    free(text);
+    return result;
+}

@@ -1,0 +1,121 @@
+"""The C row digest kernel (``cutover.row_md5``) against its definition, ``cutover.digests``' polars
+expressions: the same sums, untrusted buckets and counts for the same typed rows, whatever the values.
+(``tests/test_digest_parity.py`` holds both against PostgreSQL's side.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from cutover import digests, row_md5
+from cutover.coerce import coerce
+from cutover.spec import Column, Rls, TableSpec
+
+SEP = digests.SEPARATOR
+
+
+def _spec(extra_nullable: int = 0) -> TableSpec:
+    return TableSpec(name="things", primary_key="id", rls=Rls(owner_column=None), columns=(
+        Column(name="id", type="uuid", nullable=False), Column(name="at", type="timestamptz"),
+        Column(name="price", type="numeric", precision=12, scale=2),
+        Column(name="wide", type="numeric", precision=50, scale=3), Column(name="note", type="text"),
+        Column(name="code", type="text", nullable=False),
+        *(Column(name=f"x{i}", type="text") for i in range(extra_nullable))))
+
+
+def _both(typed: pl.DataFrame, spec: TableSpec, *, separator_free: bool, count: str | None):
+    sums = {}
+    for kernel in (True, False):
+        into = digests.Sums.empty()
+        found = digests.source_sums(typed, spec, into, separator_free=separator_free, count=count, kernel=kernel)
+        sums[kernel] = (into, found)
+    (k, k_found), (p, p_found) = sums[True], sums[False]
+    assert k_found == p_found
+    for field in ("rows", "x0", "x1", "untrusted"):
+        assert np.array_equal(getattr(k, field), getattr(p, field)), field
+    return k, k_found
+
+
+def test_the_kernel_is_built():
+    # `make setup` compiles it (cutover/_row_md5.c); without it digests keep polars' slower expressions
+    assert row_md5.available(), "the C kernel cutover._row_md5 was not built: is a C compiler installed?"
+
+
+text = st.text(alphabet=st.sampled_from(["a", "Z", ",", "-", " ", "é", "日", "\n", '"', SEP]), max_size=30)
+timestamp = st.one_of(
+    st.none(),
+    st.builds(lambda y, mo, d, h, us, off: f"{y}-{mo:02d}-{d:02d}T{h:02d}:07:09.{us:06d}{off}",
+              st.integers(1000, 8999), st.integers(1, 12), st.integers(1, 28), st.integers(0, 23),
+              st.integers(0, 999_999), st.sampled_from(["Z", "+00:00", "-05:30", "+14:00"])),
+    st.builds(lambda y, h: f"{y}-02-03 {h:02d}:30-07", st.integers(1000, 2100), st.integers(0, 23)))  # general rule
+price = st.one_of(st.none(), st.builds(lambda s, w, f: f"{s}{w}.{f}", st.sampled_from(["", "-", "+"]),
+                                       st.integers(0, 10**9), st.sampled_from(["", "5", "50", "05"])))
+row = st.fixed_dictionaries({"at": timestamp, "price": price, "wide": price,
+                             "note": st.one_of(st.none(), text), "code": text})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(row, min_size=1, max_size=40), extra=st.sampled_from([0, 70]),
+       instants=st.booleans(), count=st.sampled_from([None, ",", "-", SEP]))
+def test_the_kernel_digests_as_polars(rows, extra, instants, count):
+    spec = _spec(extra)
+    raw = pl.DataFrame({
+        "id": [f"{i:08x}-0000-4000-8000-{i:012X}" for i in range(len(rows))],
+        **{k: [r[k] for r in rows] for k in ("at", "price", "wide", "note", "code")},
+        # 70 more nullable columns: two NULL bitmasks (62 flags each)
+        **{f"x{i}": [None if (j + i) % 3 else f"v{i},{j}" for j in range(len(rows))] for i in range(extra)}},
+        schema={c.name: pl.String for c in spec.columns})
+    typed, _ = coerce(raw, spec, pl.Series(range(len(rows))), instants=instants)
+    separator_free = not any(SEP in (r["note"] or "") + r["code"] for r in rows)
+    for free in {separator_free, False}:
+        _both(typed, spec, separator_free=free, count=count)
+
+
+def test_a_separator_in_a_value_marks_its_bucket_untrusted():
+    spec = _spec()
+    raw = pl.DataFrame({"id": [f"{i}{i}{i}{i}0000-0000-4000-8000-000000000000" for i in range(3)],  # 3 buckets
+                        "at": [None] * 3, "price": ["1", None, "2.5"], "wide": [None] * 3,
+                        "note": [f"a{SEP}b", None, "c"], "code": ["x", f"{SEP}", "z"]}, schema={c.name: pl.String for c in spec.columns})
+    typed, _ = coerce(raw, spec, pl.Series(range(3)))
+    sums, _ = _both(typed, spec, separator_free=False, count=None)
+    assert sums.untrusted.sum() == 2 and sums.total == 3
+
+
+def test_long_texts_many_rows_slices_and_chunks():
+    # more rows than a tile, values longer than the kernel's first buffer, a frame that starts mid-array
+    # and one of several chunks: Arrow offsets and views into several data buffers
+    spec, n = _spec(), 1_000
+    raw = pl.DataFrame({"id": [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(n)],
+                        "at": ["2024-02-29T23:59:59.999999+01:00"] * n, "price": [str(i) for i in range(n)],
+                        "wide": [None] * n, "note": [("é," * (i * 97 % 300_000)) if i % 100 == 0 else None for i in range(n)],
+                        "code": [f"c{i}" for i in range(n)]}, schema={c.name: pl.String for c in spec.columns})
+    typed, _ = coerce(raw, spec, pl.Series(range(n)), instants=True)
+    _both(typed, spec, separator_free=True, count=",")
+    _both(typed.slice(333), spec, separator_free=False, count=",")
+    chunked = pl.concat([typed.slice(0, 10), typed.slice(10, 300), typed.slice(310)], rechunk=False)
+    assert chunked.n_chunks() > 1
+    assert _both(chunked, spec, separator_free=True, count=",")[0].total == n
+
+
+def test_the_kernel_refuses_a_column_it_cannot_write():
+    frame = pl.DataFrame({"a": ["x", "y"], "b": [1.5, 2.5]})
+    with pytest.raises(row_md5.KernelError, match="layout"):
+        row_md5.digest(frame, [(-1, 0), (-1, 0)], 0, check_separators=False)
+    with pytest.raises(ValueError, match="one ASCII character"):
+        row_md5.digest(frame.select("a"), [(-1, 0)], 0, check_separators=False, count="é")
+
+
+def test_without_the_kernel_digests_keep_polars(monkeypatch):
+    spec = _spec()
+    raw = pl.DataFrame({"id": ["00000000-0000-4000-8000-000000000001"], "at": [None], "price": ["3"],
+                        "wide": [None], "note": ["n"], "code": ["c"]}, schema={c.name: pl.String for c in spec.columns})
+    typed, _ = coerce(raw, spec, pl.Series([0]))
+    with_kernel = digests.Sums.empty()
+    digests.source_sums(typed, spec, with_kernel)
+    monkeypatch.setattr(row_md5, "available", lambda: False)
+    monkeypatch.setattr(row_md5, "digest", None)  # never called
+    without = digests.Sums.empty()
+    digests.source_sums(typed, spec, without)
+    assert with_kernel.totals() == without.totals()
