@@ -6,7 +6,10 @@ decimal integer (cutover/digests.py): exactly what digests.source_sums builds wi
 written as two big-endian 64-bit halves, as the hex digest read in two.
 
 The columns come as Arrow C streams (polars' own export, no copy), one chunk each, all of one length:
-UTF-8 views (polars' strings) or int64 (written in decimal); any other layout is refused. The
+UTF-8 views (polars' strings) or int64 (written in decimal); any other layout is refused. A UTF-8 column
+marked as timestamps holds the loader's timestamptz values (YYYY-MM-DD[T ]HH:MM:SS[.f], then Z or
++-HH:MM): each is written as its microseconds since 1970 UTC, as polars' parse of it would give; a value
+of another shape or an impossible date fails the call (the caller then uses polars). The
 function holds no state and no lock, so threads may call it at once; Python's lock is released around
 it (ctypes). It returns the number of rows, or a negative code (see row_md5.py) and writes nothing
 the caller may use.
@@ -40,13 +43,15 @@ struct ArrowArrayStream {
 typedef unsigned char *(*md5_fn)(const unsigned char *, size_t, unsigned char *);
 
 enum { VIEW, INT64 };
-enum { E_STREAM = -1, E_FORMAT = -2, E_SHAPE = -3, E_MEMORY = -4, E_COLUMNS = -5 };
+enum { E_STREAM = -1, E_FORMAT = -2, E_SHAPE = -3, E_MEMORY = -4, E_COLUMNS = -5, E_TIMESTAMP = -6 };
 #define MAX_COLUMNS 1024
 #define SEPARATOR 0x1f
 
 struct column {
     struct ArrowArray array;
     int layout;
+    const int64_t *ints;  /* INT64: the values, by the array's index (a parsed timestamp column's own) */
+    int64_t *parsed;      /* owned: a timestamp column's microseconds */
 };
 
 static int open_column(struct ArrowArrayStream *stream, int64_t rows, struct column *col) {
@@ -59,6 +64,7 @@ static int open_column(struct ArrowArrayStream *stream, int64_t rows, struct col
     if (stream->get_next(stream, &col->array)) return E_STREAM;
     if (col->array.release == NULL) return E_SHAPE;  /* no chunk at all */
     col->layout = layout;
+    col->ints = layout == INT64 ? (const int64_t *)col->array.buffers[1] : NULL;
     struct ArrowArray more;  /* exactly one chunk */
     if (col->array.length != rows || stream->get_next(stream, &more)) return E_SHAPE;
     if (more.release != NULL) { more.release(&more); return E_SHAPE; }
@@ -106,17 +112,86 @@ static inline size_t int_length(int64_t v) {
     return n;
 }
 
+static inline int digits(const unsigned char *p, int n, int *out) {
+    int v = 0;
+    for (int k = 0; k < n; k++) {
+        if (p[k] < '0' || p[k] > '9') return 0;
+        v = v * 10 + (p[k] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* Days from 1970-01-01 to a date of the proleptic Gregorian calendar (eras of 400 years from 0000-03-01). */
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t year_of_era = y - era * 400;
+    int64_t day_of_year = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+/* A timestamp's microseconds since 1970 UTC; 0 if it is not of the shape, or names no real instant. */
+static int parse_timestamp(const unsigned char *p, int64_t n, int64_t *micros) {
+    static const int month_days[13] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0;
+    if (n < 20 || p[4] != '-' || p[7] != '-' || (p[10] != 'T' && p[10] != ' ') || p[13] != ':' || p[16] != ':'
+        || !digits(p, 4, &y) || !digits(p + 5, 2, &mo) || !digits(p + 8, 2, &d) || !digits(p + 11, 2, &h)
+        || !digits(p + 14, 2, &mi) || !digits(p + 17, 2, &sec))
+        return 0;
+    int64_t at = 19;
+    if (p[at] == '.') {
+        int64_t k = 0;
+        while (at + 1 + k < n && k < 7 && p[at + 1 + k] >= '0' && p[at + 1 + k] <= '9') k++;
+        if (k < 1 || k > 6 || !digits(p + at + 1, (int)k, &frac)) return 0;
+        for (int64_t z = k; z < 6; z++) frac *= 10;
+        at += 1 + k;
+    }
+    if (n - at == 1 && p[at] == 'Z') {
+    } else if (n - at == 6 && (p[at] == '+' || p[at] == '-') && p[at + 3] == ':' && digits(p + at + 1, 2, &oh)
+               && digits(p + at + 4, 2, &om)) {
+        if (oh > 15 || om > 59) return 0;
+        if (p[at] == '-') { oh = -oh; om = -om; }
+    } else {
+        return 0;
+    }
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (mo < 1 || mo > 12 || d < 1 || d > month_days[mo] + (mo == 2 && leap) || h > 23 || mi > 59 || sec > 59)
+        return 0;
+    int64_t seconds = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - (oh * 3600 + om * 60);
+    *micros = seconds * 1000000 + frac;
+    return 1;
+}
+
+/* A timestamp column's values as microseconds: the column becomes an INT64 one (its NULLs kept). */
+static int parse_timestamps(struct column *col, int64_t rows) {
+    const struct ArrowArray *a = &col->array;
+    col->parsed = malloc(sizeof(int64_t) * (size_t)(a->offset + rows));
+    if (col->parsed == NULL) return E_MEMORY;
+    for (int64_t i = a->offset; i < a->offset + rows; i++) {
+        col->parsed[i] = 0;
+        if (is_null(a, i)) continue;
+        int64_t n;
+        const unsigned char *p = text_at(a, i, &n);
+        if (!parse_timestamp(p, n, &col->parsed[i])) return E_TIMESTAMP;
+    }
+    col->ints = col->parsed;
+    col->layout = INT64;
+    return 0;
+}
+
 /* Field i of column c: its length in the text, or -1 for a NULL. */
 static inline int64_t field_length(const struct column *col, int64_t i) {
     if (is_null(&col->array, i)) return -1;
-    if (col->layout == INT64) return (int64_t)int_length(((const int64_t *)col->array.buffers[1])[i]);
+    if (col->layout == INT64) return (int64_t)int_length(col->ints[i]);
     int32_t n;
     memcpy(&n, (const unsigned char *)col->array.buffers[1] + 16 * i, 4);
     return n;
 }
 
 static inline size_t write_field(unsigned char *out, const struct column *col, int64_t i) {
-    if (col->layout == INT64) return write_int(out, ((const int64_t *)col->array.buffers[1])[i]);
+    if (col->layout == INT64) return write_int(out, col->ints[i]);
     int64_t n;
     const unsigned char *p = text_at(&col->array, i, &n);
     memcpy(out, p, (size_t)n);
@@ -135,10 +210,12 @@ static inline int64_t occurrences(const unsigned char *p, size_t len, unsigned c
 stay in the CPU's cache (row by row, the reads of ~17 columns at once missed it: a third slower). */
 #define TILE 256
 
-/* mask_group[c], mask_bit[c]: where column c's NULL flag goes (group -1: never NULL). untrusted: when not
+/* timestamps[c]: whether UTF-8 column c holds timestamps (see above). mask_group[c], mask_bit[c]: where
+column c's NULL flag goes (group -1: never NULL). untrusted: when not
 NULL, flags each row whose text holds more separators than it joins fields (a value holds one). counted:
 when not NULL, how many times the byte count_byte appears in all rows' texts. */
-int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *mask_group,
+int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *timestamps,
+                const int32_t *mask_group,
                 const int32_t *mask_bit, int32_t n_masks, md5_fn md5, uint64_t *x0, uint64_t *x1,
                 uint8_t *untrusted, int32_t count_byte, int64_t *counted) {
     if (n_columns < 1 || n_columns > MAX_COLUMNS || n_masks < 0 || n_masks > MAX_COLUMNS) return E_COLUMNS;
@@ -152,6 +229,11 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
     for (; opened < n_columns; opened++) {
         int err = open_column(streams[opened], rows, &cols[opened]);
         if (err) { result = err; if (cols[opened].array.release) cols[opened].array.release(&cols[opened].array); goto done; }
+    }
+    for (int32_t c = 0; c < n_columns; c++) {
+        if (!timestamps[c]) continue;
+        int err = cols[c].layout == VIEW ? parse_timestamps(&cols[c], rows) : E_FORMAT;
+        if (err) { result = err; goto done; }
     }
     for (int64_t t = 0; t < rows; t += TILE) {
         int64_t m = rows - t < TILE ? rows - t : TILE;
@@ -212,7 +294,10 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
     }
     if (counted != NULL) *counted = count;
 done:
-    for (int64_t c = 0; c < opened; c++) cols[c].array.release(&cols[c].array);
+    for (int64_t c = 0; c < opened; c++) {
+        cols[c].array.release(&cols[c].array);
+        free(cols[c].parsed);
+    }
     free(cols);
     free(masks);
     free(text);

@@ -63,7 +63,7 @@ def _summed(plan: SyncPlan, rb: batches.RawBatch, *,
             count: str | None = None) -> tuple[digests.Sums, SourceCounts, pl.DataFrame, int]:
     """A batch read as strings, typed by the loader's code and summed: (sums, counts, rejects, how many
     times ``count`` appears in the typed rows' texts)."""
-    typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul, instants=True)
+    typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul, instants=digests.needs_instants())
     sums = digests.Sums.empty()
     found = digests.source_sums(typed, plan.spec, into=sums, separator_free=_separator_free(rb.verbatim), count=count)
     return sums, SourceCounts(rb.read, typed.height, rejects.height), rejects, found

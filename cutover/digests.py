@@ -161,15 +161,33 @@ def _summing(spec: TableSpec, parsed: bool, separator_free: bool) -> tuple[tuple
     return tuple(canonical), digested, ("bucket", *_halves(pl.col("_md5")), "untrusted")
 
 
+def needs_instants() -> bool:
+    """Whether ``source_sums`` is faster given the timestamps' instants as the loader parsed them
+    (``coerce(..., instants=True)``): without the C kernel, which reads them from the text itself."""
+    return not row_md5.available()
+
+
+@dataclass(frozen=True)
+class _KernelInput:
+    """``source_sums``' input for the C kernel, built once per spec: the canonical fields (a timestamp's
+    text as is, for the kernel to read, unless the frame has its instant) and the bucket; which fields
+    are timestamps' text; each column's (group, bit) in the NULL bitmasks; how many bitmasks."""
+
+    exprs: tuple[pl.Expr, ...]
+    timestamps: list[bool]
+    slots: list[tuple[int, int]]
+    n_masks: int
+
+
 @lru_cache(maxsize=64)
-def _kernel_fields(spec: TableSpec, parsed: bool) -> tuple[tuple[pl.Expr, ...], tuple[tuple[int, int], ...], int]:
-    """``source_sums``' input for the C kernel, built once: the canonical fields and the bucket, each
-    column's (group, bit) in the NULL bitmasks, and how many bitmasks."""
+def _kernel_input(spec: TableSpec, parsed: bool) -> _KernelInput:
     key = spec.column(spec.primary_key)
-    fields = [_field(c, parsed, as_text=False).alias(f"_f{i}") for i, c in enumerate(spec.columns)]
+    as_text = [c.type == "timestamptz" and not parsed for c in spec.columns]
+    fields = [(pl.col(c.name) if text else _field(c, parsed, as_text=False)).alias(f"_f{i}")
+              for i, (c, text) in enumerate(zip(spec.columns, as_text))]
     slot = {c.name: (g, bit) for g, group in enumerate(masks(spec)) for bit, c in enumerate(group)}
-    return ((_bucket(key, _field(key)), *fields), tuple(slot.get(c.name, (-1, 0)) for c in spec.columns),
-            len(masks(spec)))
+    return _KernelInput((_bucket(key, _field(key)), *fields), as_text,
+                        [slot.get(c.name, (-1, 0)) for c in spec.columns], len(masks(spec)))
 
 
 def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False,
@@ -183,12 +201,13 @@ def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_f
         return 0
     parsed = all(instant_column(c.name) in typed.columns for c in spec.columns if c.type == "timestamptz")
     if kernel and row_md5.available() and (count is None or (len(count) == 1 and count.isascii())):
-        exprs, slots, n_masks = _kernel_fields(spec, parsed)
-        fields = typed.select(exprs)
-        found = row_md5.digest(fields.drop("bucket"), list(slots), n_masks, check_separators=not separator_free,
-                               count=count)
-        into.add_rows(fields["bucket"].to_numpy(), found.x0, found.x1, found.untrusted)
-        return found.counted
+        given = _kernel_input(spec, parsed)
+        fields = typed.select(given.exprs)
+        found = row_md5.digest(fields.drop("bucket"), given.slots, given.n_masks, check_separators=not separator_free,
+                               count=count, timestamps=given.timestamps)
+        if found is not None:  # else a timestamp of a shape it does not read: polars reads them all
+            into.add_rows(fields["bucket"].to_numpy(), found.x0, found.x1, found.untrusted)
+            return found.counted
     canonical, digested, halves = _summing(spec, parsed, separator_free)
     rows = typed.select(canonical)
     # folded by numpy, not grouped by polars: a third of the time on a batch's ~15,000 rows
