@@ -8,8 +8,12 @@ written as two big-endian 64-bit halves, as the hex digest read in two.
 The columns come as Arrow C streams (polars' own export, no copy), one chunk each, all of one length:
 UTF-8 views (polars' strings) or int64 (written in decimal); any other layout is refused. A UTF-8 column
 marked as timestamps holds the loader's timestamptz values (YYYY-MM-DD[T ]HH:MM:SS[.f], then Z or
-+-HH:MM): each is written as its microseconds since 1970 UTC, as polars' parse of it would give; a value
-of another shape or an impossible date fails the call (the caller then uses polars). The
++-HH:MM): each is written as its microseconds since 1970 UTC, as polars' parse of it would give; one
+marked as numerics holds the loader's plain decimals, each written as PostgreSQL prints a numeric of the
+column's scale (no leading zeros, exactly that many decimals, no sign on zero). A value of another shape,
+an impossible date or a nonzero digit past the scale fails the call (the caller then uses polars).
+Each row's bucket is worked out from its key's text as written: the top bits of its MD5, or for a uuid
+key, of its first two bytes XOR its last two (cutover/table_digests.py, key_bucket_sql). The
 function holds no state and no lock, so threads may call it at once; Python's lock is released around
 it (ctypes). It returns the number of rows, or a negative code (see row_md5.py) and writes nothing
 the caller may use.
@@ -42,8 +46,10 @@ struct ArrowArrayStream {
 
 typedef unsigned char *(*md5_fn)(const unsigned char *, size_t, unsigned char *);
 
-enum { VIEW, INT64 };
-enum { E_STREAM = -1, E_FORMAT = -2, E_SHAPE = -3, E_MEMORY = -4, E_COLUMNS = -5, E_TIMESTAMP = -6 };
+enum { VIEW, INT64, OWNED };
+enum { AS_IS = 0, TIMESTAMPS = 1, NUMERICS = 2 };
+enum { BUCKET_UUID = 0, BUCKET_MD5 = 1 };
+enum { E_STREAM = -1, E_FORMAT = -2, E_SHAPE = -3, E_MEMORY = -4, E_COLUMNS = -5, E_VALUE = -6 };
 #define MAX_COLUMNS 1024
 #define SEPARATOR 0x1f
 
@@ -52,6 +58,8 @@ struct column {
     int layout;
     const int64_t *ints;  /* INT64: the values, by the array's index (a parsed timestamp column's own) */
     int64_t *parsed;      /* owned: a timestamp column's microseconds */
+    int64_t *offsets;     /* OWNED: value i is owned[offsets[i]..offsets[i + 1]) (a numeric column's texts) */
+    unsigned char *owned;
 };
 
 static int open_column(struct ArrowArrayStream *stream, int64_t rows, struct column *col) {
@@ -174,17 +182,97 @@ static int parse_timestamps(struct column *col, int64_t rows) {
         if (is_null(a, i)) continue;
         int64_t n;
         const unsigned char *p = text_at(a, i, &n);
-        if (!parse_timestamp(p, n, &col->parsed[i])) return E_TIMESTAMP;
+        if (!parse_timestamp(p, n, &col->parsed[i])) return E_VALUE;
     }
     col->ints = col->parsed;
     col->layout = INT64;
     return 0;
 }
 
+/* A plain decimal ([+-], digits, '.', digits; one digit at least) as PostgreSQL prints it at ``scale``,
+into out (room for n + scale + 2 bytes); its length, or -1 if it is not of the shape or has a nonzero
+digit past the scale. */
+static int64_t canonical_numeric(const unsigned char *p, int64_t n, int32_t scale, unsigned char *out) {
+    int64_t at = 0, k = 0;
+    int negative = 0, nonzero = 0;
+    if (at < n && (p[at] == '+' || p[at] == '-')) negative = p[at++] == '-';
+    int64_t whole = at;
+    while (at < n && p[at] >= '0' && p[at] <= '9') at++;
+    int64_t whole_end = at, frac = at, frac_end = at;
+    if (at < n && p[at] == '.') {
+        frac = ++at;
+        while (at < n && p[at] >= '0' && p[at] <= '9') at++;
+        frac_end = at;
+    }
+    if (at != n || (whole_end == whole && frac_end == frac)) return -1;
+    while (whole < whole_end - 1 && p[whole] == '0') whole++;  /* leading zeros, one digit kept */
+    for (int64_t d = scale; frac + d < frac_end; d++)
+        if (p[frac + d] != '0') return -1;
+    for (int64_t d = whole; d < whole_end; d++) nonzero |= p[d] != '0';
+    for (int64_t d = 0; d < scale && frac + d < frac_end; d++) nonzero |= p[frac + d] != '0';
+    if (negative && nonzero) out[k++] = '-';
+    if (whole == whole_end) out[k++] = '0';
+    for (int64_t d = whole; d < whole_end; d++) out[k++] = p[d];
+    if (scale > 0) out[k++] = '.';
+    for (int64_t d = 0; d < scale; d++) out[k++] = frac + d < frac_end ? p[frac + d] : '0';
+    return k;
+}
+
+/* A numeric column's values as PostgreSQL's texts: the column becomes an OWNED one (its NULLs kept). */
+static int canonical_numerics(struct column *col, int64_t rows, int32_t scale) {
+    const struct ArrowArray *a = &col->array;
+    size_t cap = (size_t)rows * (24 + (size_t)scale) + 64;
+    col->offsets = malloc(sizeof(int64_t) * (size_t)(a->offset + rows + 1));
+    col->owned = malloc(cap);
+    if (col->offsets == NULL || col->owned == NULL) return E_MEMORY;
+    int64_t used = 0;
+    for (int64_t i = a->offset; i < a->offset + rows; i++) {
+        col->offsets[i] = used;
+        if (is_null(a, i)) continue;
+        int64_t n;
+        const unsigned char *p = text_at(a, i, &n);
+        if ((size_t)(used + n + scale + 2) > cap) {
+            cap = 2 * cap + (size_t)(n + scale + 2);
+            unsigned char *grown = realloc(col->owned, cap);
+            if (grown == NULL) return E_MEMORY;
+            col->owned = grown;
+        }
+        int64_t k = canonical_numeric(p, n, scale, col->owned + used);
+        if (k < 0) return E_VALUE;
+        used += k;
+    }
+    col->offsets[a->offset + rows] = used;
+    col->layout = OWNED;
+    return 0;
+}
+
+static inline int hex_value(unsigned char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The bucket of a key whose text is p[0..n): see the top of this file. -1 if a uuid's text is not hex. */
+static int64_t bucket_of(const unsigned char *p, size_t n, int32_t kind, int32_t bits, md5_fn md5) {
+    if (kind == BUCKET_MD5) {
+        unsigned char digest[16];
+        md5(p, n, digest);
+        return (int64_t)(big_endian(digest) >> (64 - bits));
+    }
+    if (n < 8) return -1;
+    int32_t first = 0, last = 0;
+    for (int k = 0; k < 4; k++) {
+        int a = hex_value(p[k]), b = hex_value(p[n - 4 + k]);
+        if (a < 0 || b < 0) return -1;
+        first = first << 4 | a;
+        last = last << 4 | b;
+    }
+    return (first ^ last) >> (16 - bits);
+}
+
 /* Field i of column c: its length in the text, or -1 for a NULL. */
 static inline int64_t field_length(const struct column *col, int64_t i) {
     if (is_null(&col->array, i)) return -1;
     if (col->layout == INT64) return (int64_t)int_length(col->ints[i]);
+    if (col->layout == OWNED) return col->offsets[i + 1] - col->offsets[i];
     int32_t n;
     memcpy(&n, (const unsigned char *)col->array.buffers[1] + 16 * i, 4);
     return n;
@@ -192,6 +280,11 @@ static inline int64_t field_length(const struct column *col, int64_t i) {
 
 static inline size_t write_field(unsigned char *out, const struct column *col, int64_t i) {
     if (col->layout == INT64) return write_int(out, col->ints[i]);
+    if (col->layout == OWNED) {
+        size_t n = (size_t)(col->offsets[i + 1] - col->offsets[i]);
+        memcpy(out, col->owned + col->offsets[i], n);
+        return n;
+    }
     int64_t n;
     const unsigned char *p = text_at(&col->array, i, &n);
     memcpy(out, p, (size_t)n);
@@ -210,18 +303,22 @@ static inline int64_t occurrences(const unsigned char *p, size_t len, unsigned c
 stay in the CPU's cache (row by row, the reads of ~17 columns at once missed it: a third slower). */
 #define TILE 256
 
-/* timestamps[c]: whether UTF-8 column c holds timestamps (see above). mask_group[c], mask_bit[c]: where
-column c's NULL flag goes (group -1: never NULL). untrusted: when not
+/* kinds[c]: whether UTF-8 column c holds timestamps or numerics of scale scales[c] (see above), or is
+written as is. key_column, bucket_kind, bucket_bits: the key's column and how its bucket is worked out,
+into buckets. mask_group[c], mask_bit[c]: where column c's NULL flag goes (group -1: never NULL).
+untrusted: when not
 NULL, flags each row whose text holds more separators than it joins fields (a value holds one). counted:
 when not NULL, how many times the byte count_byte appears in all rows' texts. */
-int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *timestamps,
-                const int32_t *mask_group,
-                const int32_t *mask_bit, int32_t n_masks, md5_fn md5, uint64_t *x0, uint64_t *x1,
-                uint8_t *untrusted, int32_t count_byte, int64_t *counted) {
-    if (n_columns < 1 || n_columns > MAX_COLUMNS || n_masks < 0 || n_masks > MAX_COLUMNS) return E_COLUMNS;
+int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *kinds,
+                const int32_t *scales, int32_t key_column, int32_t bucket_kind, int32_t bucket_bits,
+                const int32_t *mask_group, const int32_t *mask_bit, int32_t n_masks, md5_fn md5, int64_t *buckets,
+                uint64_t *x0, uint64_t *x1, uint8_t *untrusted, int32_t count_byte, int64_t *counted) {
+    if (n_columns < 1 || n_columns > MAX_COLUMNS || n_masks < 0 || n_masks > MAX_COLUMNS || key_column < 0
+        || key_column >= n_columns || bucket_bits < 1 || bucket_bits > 16)
+        return E_COLUMNS;
     struct column *cols = calloc((size_t)n_columns, sizeof *cols);
     int64_t *masks = calloc((size_t)TILE * ((size_t)n_masks + 1), sizeof *masks);
-    size_t start[TILE + 1], at[TILE], cap = 1 << 18;
+    size_t start[TILE + 1], at[TILE], key_at[TILE], key_length[TILE], cap = 1 << 18;
     int64_t fields[TILE];
     unsigned char *text = malloc(cap);
     int64_t result = rows, opened = 0, count = 0;
@@ -231,8 +328,9 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
         if (err) { result = err; if (cols[opened].array.release) cols[opened].array.release(&cols[opened].array); goto done; }
     }
     for (int32_t c = 0; c < n_columns; c++) {
-        if (!timestamps[c]) continue;
-        int err = cols[c].layout == VIEW ? parse_timestamps(&cols[c], rows) : E_FORMAT;
+        if (kinds[c] == AS_IS) continue;
+        int err = cols[c].layout != VIEW ? E_FORMAT : kinds[c] == TIMESTAMPS ? parse_timestamps(&cols[c], rows)
+                : canonical_numerics(&cols[c], rows, scales[c]);
         if (err) { result = err; goto done; }
     }
     for (int64_t t = 0; t < rows; t += TILE) {
@@ -271,8 +369,13 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
             const struct column *col = &cols[c];
             for (int64_t k = 0; k < m; k++) {
                 int64_t i = col->array.offset + t + k;
-                if (is_null(&col->array, i)) continue;
-                at[k] += write_field(text + at[k], col, i);
+                if (is_null(&col->array, i)) {
+                    if (c == key_column) { result = E_VALUE; goto done; }
+                    continue;
+                }
+                size_t written = write_field(text + at[k], col, i);
+                if (c == key_column) { key_at[k] = at[k]; key_length[k] = written; }
+                at[k] += written;
                 text[at[k]++] = SEPARATOR;
             }
         }
@@ -288,6 +391,8 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
             md5(row, len, digest);
             x0[t + k] = big_endian(digest);
             x1[t + k] = big_endian(digest + 8);
+            buckets[t + k] = bucket_of(text + key_at[k], key_length[k], bucket_kind, bucket_bits, md5);
+            if (buckets[t + k] < 0) { result = E_VALUE; goto done; }
             if (untrusted != NULL) untrusted[t + k] = occurrences(row, len, SEPARATOR) != fields[k] - 1;
             if (counted != NULL) count += occurrences(row, len, (unsigned char)count_byte);
         }
@@ -297,6 +402,8 @@ done:
     for (int64_t c = 0; c < opened; c++) {
         cols[c].array.release(&cols[c].array);
         free(cols[c].parsed);
+        free(cols[c].offsets);
+        free(cols[c].owned);
     }
     free(cols);
     free(masks);

@@ -167,27 +167,25 @@ def needs_instants() -> bool:
     return not row_md5.available()
 
 
-@dataclass(frozen=True)
-class _KernelInput:
-    """``source_sums``' input for the C kernel, built once per spec: the canonical fields (a timestamp's
-    text as is, for the kernel to read, unless the frame has its instant) and the bucket; which fields
-    are timestamps' text; each column's (group, bit) in the NULL bitmasks; how many bitmasks."""
-
-    exprs: tuple[pl.Expr, ...]
-    timestamps: list[bool]
-    slots: list[tuple[int, int]]
-    n_masks: int
-
-
 @lru_cache(maxsize=64)
-def _kernel_input(spec: TableSpec, parsed: bool) -> _KernelInput:
-    key = spec.column(spec.primary_key)
-    as_text = [c.type == "timestamptz" and not parsed for c in spec.columns]
-    fields = [(pl.col(c.name) if text else _field(c, parsed, as_text=False)).alias(f"_f{i}")
-              for i, (c, text) in enumerate(zip(spec.columns, as_text))]
+def _kernel_input(spec: TableSpec, parsed: bool) -> tuple[tuple[pl.Expr, ...], row_md5.Layout]:
+    """``source_sums``' input for the C kernel, built once per spec: the fields (a timestamp's instant as
+    Int64 microseconds if the frame has it, else its text; a numeric's text; others canonical already)
+    and how the kernel writes them."""
+    def kind(c: Column) -> int:
+        if c.type == "timestamptz":
+            return row_md5.AS_IS if parsed else row_md5.TIMESTAMPS
+        return row_md5.NUMERICS if c.type == "numeric" else row_md5.AS_IS
+
+    kinds = [kind(c) for c in spec.columns]
+    fields = [(pl.col(c.name) if k != row_md5.AS_IS else _field(c, parsed, as_text=False)).alias(f"_f{i}")
+              for i, (c, k) in enumerate(zip(spec.columns, kinds))]
     slot = {c.name: (g, bit) for g, group in enumerate(masks(spec)) for bit, c in enumerate(group)}
-    return _KernelInput((_bucket(key, _field(key)), *fields), as_text,
-                        [slot.get(c.name, (-1, 0)) for c in spec.columns], len(masks(spec)))
+    key = spec.column(spec.primary_key)
+    return tuple(fields), row_md5.Layout(
+        kinds=tuple(kinds), scales=tuple(c.scale if c.type == "numeric" else 0 for c in spec.columns),
+        mask_slots=tuple(slot.get(c.name, (-1, 0)) for c in spec.columns), n_masks=len(masks(spec)),
+        key_column=spec.column_names.index(key.name), uuid_key=key.type == "uuid", bucket_bits=4 * BUCKET_DIGITS)
 
 
 def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False,
@@ -201,12 +199,10 @@ def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_f
         return 0
     parsed = all(instant_column(c.name) in typed.columns for c in spec.columns if c.type == "timestamptz")
     if kernel and row_md5.available() and (count is None or (len(count) == 1 and count.isascii())):
-        given = _kernel_input(spec, parsed)
-        fields = typed.select(given.exprs)
-        found = row_md5.digest(fields.drop("bucket"), given.slots, given.n_masks, check_separators=not separator_free,
-                               count=count, timestamps=given.timestamps)
-        if found is not None:  # else a timestamp of a shape it does not read: polars reads them all
-            into.add_rows(fields["bucket"].to_numpy(), found.x0, found.x1, found.untrusted)
+        fields, layout = _kernel_input(spec, parsed)
+        found = row_md5.digest(typed.select(fields), layout, check_separators=not separator_free, count=count)
+        if found is not None:  # else a value of a shape it does not read: polars reads them all
+            into.add_rows(found.bucket, found.x0, found.x1, found.untrusted)
             return found.counted
     canonical, digested, halves = _summing(spec, parsed, separator_free)
     rows = typed.select(canonical)

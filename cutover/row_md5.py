@@ -27,9 +27,11 @@ import numpy as np
 import polars as pl
 
 SEPARATOR = 0x1F
+AS_IS, TIMESTAMPS, NUMERICS = 0, 1, 2  # how a UTF-8 field is written (see _row_md5.c)
 ERRORS = {-1: "an Arrow stream failed", -2: "a column of a layout other than UTF-8 views or int64",
-          -3: "a column not of one chunk of the batch's length", -4: "out of memory", -5: "too many columns"}
-UNREAD_TIMESTAMP = -6
+          -3: "a column not of one chunk of the batch's length", -4: "out of memory",
+          -5: "columns or bucket out of range"}
+UNREAD_VALUE = -6
 
 
 class KernelError(RuntimeError):
@@ -37,9 +39,27 @@ class KernelError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Digests:
-    """Per row: the MD5's halves (``x0``, ``x1``) and whether the row is untrusted (None: not asked)."""
+class Layout:
+    """How the kernel writes a spec's fields (see ``cutover.digests``), built once per spec: per column,
+    its kind (``AS_IS``, ``TIMESTAMPS`` or ``NUMERICS``), its numeric scale, and its (group, bit) in the
+    NULL bitmasks ((-1, 0): never NULL); how many bitmasks; the key's column, whether it is a uuid (else
+    its bucket comes from its MD5) and the bucket's bits."""
 
+    kinds: tuple[int, ...]
+    scales: tuple[int, ...]
+    mask_slots: tuple[tuple[int, int], ...]
+    n_masks: int
+    key_column: int
+    uuid_key: bool
+    bucket_bits: int
+
+
+@dataclass(frozen=True)
+class Digests:
+    """Per row: its key's bucket, the MD5's halves (``x0``, ``x1``) and whether the row is untrusted
+    (None: not asked); how many times the character counted appears in all texts."""
+
+    bucket: np.ndarray
     x0: np.ndarray
     x1: np.ndarray
     untrusted: np.ndarray | None
@@ -66,9 +86,8 @@ def _kernel() -> tuple[ctypes._CFuncPtr, int, ctypes._CFuncPtr] | None:
         return None
     fn = ctypes.CDLL(spec.origin).row_md5
     fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_int32,
-                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
+    i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [i64, i32, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr]
     capsule = ctypes.pythonapi.PyCapsule_GetPointer
     capsule.restype, capsule.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     return fn, md5, capsule
@@ -78,12 +97,11 @@ def available() -> bool:
     return _kernel() is not None
 
 
-def digest(fields: pl.DataFrame, mask_slots: list[tuple[int, int]], n_masks: int, *, check_separators: bool,
-           count: str | None = None, timestamps: list[bool] | None = None) -> Digests | None:
-    """``fields``' rows digested. ``mask_slots[c]``: (group, bit) of column c's NULL flag in the bitmasks
-    (group -1: the column is never NULL); ``check_separators``: flag rows whose values hold the separator;
-    ``count``: one ASCII character to count in the texts; ``timestamps[c]``: column c is timestamps as
-    text. None: a timestamp the kernel does not read. Needs ``available()``."""
+def digest(fields: pl.DataFrame, layout: Layout, *, check_separators: bool,
+           count: str | None = None) -> Digests | None:
+    """``fields``' rows digested, as ``layout`` says. ``check_separators``: flag rows whose values hold the
+    separator; ``count``: one ASCII character to count in the texts. None: a value the kernel does not
+    read (a timestamp or numeric of another shape). Needs ``available()``."""
     kernel = _kernel()
     if kernel is None:
         raise KernelError("the row digest kernel is not built")
@@ -92,19 +110,21 @@ def digest(fields: pl.DataFrame, mask_slots: list[tuple[int, int]], n_masks: int
         raise ValueError(f"can count one ASCII character, not {count!r}")
     fields = fields.rechunk()
     rows, n = fields.height, fields.width
+    if not n == len(layout.kinds) == len(layout.scales) == len(layout.mask_slots):
+        raise KernelError(f"{n} fields for a layout of {len(layout.kinds)}")
     streams = [fields.to_series(i).__arrow_c_stream__() for i in range(n)]  # alive until the call returns
     pointers = (ctypes.c_void_p * n)(*(capsule(s, b"arrow_array_stream") for s in streams))
-    stamps = np.array(timestamps or [False] * n, np.int32)
-    group = np.array([g for g, _ in mask_slots], np.int32)
-    bit = np.array([b for _, b in mask_slots], np.int32)
-    x0, x1 = np.empty(rows, np.uint64), np.empty(rows, np.uint64)
+    kinds, scales = np.array(layout.kinds, np.int32), np.array(layout.scales, np.int32)
+    group, bit = (np.array(column, np.int32) for column in zip(*layout.mask_slots))
+    bucket, x0, x1 = np.empty(rows, np.int64), np.empty(rows, np.uint64), np.empty(rows, np.uint64)
     untrusted = np.empty(rows, np.uint8) if check_separators else None
     counted = ctypes.c_int64(0)
-    done = fn(rows, n, pointers, stamps.ctypes.data, group.ctypes.data, bit.ctypes.data, n_masks, md5, x0.ctypes.data, x1.ctypes.data,
-              None if untrusted is None else untrusted.ctypes.data, ord(count) if count else 0,
-              ctypes.byref(counted) if count else None)
-    if done == UNREAD_TIMESTAMP:
+    done = fn(rows, n, pointers, kinds.ctypes.data, scales.ctypes.data, layout.key_column, 0 if layout.uuid_key else 1,
+              layout.bucket_bits, group.ctypes.data, bit.ctypes.data, layout.n_masks, md5, bucket.ctypes.data,
+              x0.ctypes.data, x1.ctypes.data, None if untrusted is None else untrusted.ctypes.data,
+              ord(count) if count else 0, ctypes.byref(counted) if count else None)
+    if done == UNREAD_VALUE:
         return None
     if done != rows:
         raise KernelError(f"row digest kernel: {ERRORS.get(done, f'code {done}')}")
-    return Digests(x0, x1, None if untrusted is None else untrusted.view(bool), counted.value)
+    return Digests(bucket, x0, x1, None if untrusted is None else untrusted.view(bool), counted.value)
