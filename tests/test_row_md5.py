@@ -113,6 +113,22 @@ def test_a_timestamp_the_kernel_does_not_read_falls_back_to_polars():
     assert row_md5.digest(typed.slice(1).select("at"), layout, check_separators=False) is not None
 
 
+def test_integers_are_written_in_decimal_exactly():
+    # every digit count and both ends of int64, each row's text its one field: its MD5 is hashlib's
+    import hashlib
+
+    edges = [0, -1, 2**63 - 1, -(2**63)] + [s * (10**k + d) for k in range(19) for d in (-1, 0, 1) for s in (1, -1)]
+    values = pl.DataFrame({"v": edges}, schema={"v": pl.Int64})
+    layout = row_md5.Layout(kinds=(row_md5.AS_IS,), scales=(0,), mask_slots=((-1, 0),), n_masks=0, key_column=0,
+                            uuid_key=False, bucket_bits=12)
+    found = row_md5.digest(values, layout, check_separators=True, count="-")
+    expected = [hashlib.md5(str(v).encode()).digest() for v in edges]
+    assert [int.from_bytes(e[:8], "big") for e in expected] == found.x0.tolist()
+    assert [int.from_bytes(e[8:], "big") for e in expected] == found.x1.tolist()
+    assert [int.from_bytes(e[:2], "big") >> 4 for e in expected] == found.bucket.tolist()  # the key's own MD5
+    assert found.counted == sum(v < 0 for v in edges) and not found.untrusted.any()
+
+
 def test_the_kernel_refuses_a_column_it_cannot_write():
     frame = pl.DataFrame({"a": ["x", "y"], "b": [1.5, 2.5]})
     layout = row_md5.Layout(kinds=(row_md5.AS_IS,) * 2, scales=(0, 0), mask_slots=((-1, 0),) * 2, n_masks=0,
