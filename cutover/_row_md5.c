@@ -345,7 +345,11 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
     if (cols == NULL || masks == NULL || text == NULL) { result = E_MEMORY; goto done; }
     for (; opened < n_columns; opened++) {
         int err = open_column(streams[opened], rows, &cols[opened]);
-        if (err) { result = err; if (cols[opened].array.release) cols[opened].array.release(&cols[opened].array); goto done; }
+        if (err) {
+            if (cols[opened].array.release) cols[opened].array.release(&cols[opened].array);
+            result = err;
+            goto done;
+        }
     }
     for (int32_t c = 0; c < n_columns; c++) {
         if (kinds[c] == AS_IS) continue;

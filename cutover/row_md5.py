@@ -1,16 +1,18 @@
 """The rows' canonical texts and their MD5s in one C pass (``_row_md5.c``), when the kernel was built.
 
-Contract: ``digest(fields, ...)`` gives, for each row of ``fields`` (the canonical fields of
-``cutover.digests``, in spec order: text as polars strings; timestamps as Int64 microseconds, or as the
-loader's text, which the kernel reads itself), the same two 64-bit halves of the MD5 of the same text
-that ``digests``' polars expressions give — and the same separator check and character count. A
-timestamp of a shape the kernel does not read makes it give None: the caller then uses polars. ``tests/test_row_md5.py`` holds the two equal. It needs no copy
-of the batch and computes no hex: a 4 MiB batch of leads in ~12 ms against polars' ~30 ms (its
-``concat_str`` and polars-hash's MD5 in hex), and `cutover parity` of 1M rows with ~0.8 s less CPU.
+Contract: ``digest(fields, layout, ...)`` gives, for each row of ``fields`` (the fields of
+``cutover.digests``' canonical text, in spec order: texts and uuids as polars strings; timestamps as Int64
+microseconds, or as the loader's text, which the kernel reads itself; numerics as the loader's text, which
+it writes as PostgreSQL prints them), the same two 64-bit halves of the MD5 of the same text, and the same
+bucket, separator check and character count, that ``digests``' polars expressions give. A value of a
+shape the kernel does not read makes it give None: the caller then uses polars. ``tests/test_row_md5.py``
+holds the two equal. It copies no column and computes no hex: a 4 MiB batch of leads in ~13 ms, against
+~37 ms for polars' ``concat_str`` and polars-hash's MD5 in hex.
 
-The kernel is built at install (``setup.py``: an optional C extension, plain C without Python's API,
-loaded with ctypes) and takes OpenSSL's ``MD5`` from the libcrypto Python's own ``hashlib`` uses. Where
-either is missing, ``available()`` is False and ``digests`` keeps its polars expressions.
+The kernel is built at install (``pyproject.toml``'s ``ext-modules``: an optional C extension, plain C
+without Python's API, loaded with ctypes) and takes OpenSSL's ``MD5`` from the libcrypto Python's own
+``hashlib`` uses. Where either is missing, ``available()`` is False and ``digests`` keeps its polars
+expressions.
 
 Concurrency: the kernel keeps no state; ctypes releases Python's lock around it, so batches digest in
 parallel threads.

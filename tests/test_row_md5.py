@@ -78,7 +78,8 @@ def test_a_separator_in_a_value_marks_its_bucket_untrusted():
     spec = _spec()
     raw = pl.DataFrame({"id": [f"{i}{i}{i}{i}0000-0000-4000-8000-000000000000" for i in range(3)],  # 3 buckets
                         "at": [None] * 3, "price": ["1", None, "2.5"], "wide": [None] * 3,
-                        "note": [f"a{SEP}b", None, "c"], "code": ["x", f"{SEP}", "z"]}, schema={c.name: pl.String for c in spec.columns})
+                        "note": [f"a{SEP}b", None, "c"], "code": ["x", f"{SEP}", "z"]},
+                       schema={c.name: pl.String for c in spec.columns})
     typed, _ = coerce(raw, spec, pl.Series(range(3)))
     sums, _ = _both(typed, spec, separator_free=False, count=None)
     assert sums.untrusted.sum() == 2 and sums.total == 3
@@ -90,7 +91,8 @@ def test_long_texts_many_rows_slices_and_chunks():
     spec, n = _spec(), 1_000
     raw = pl.DataFrame({"id": [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(n)],
                         "at": ["2024-02-29T23:59:59.999999+01:00"] * n, "price": [str(i) for i in range(n)],
-                        "wide": [None] * n, "note": [("é," * (i * 97 % 300_000)) if i % 100 == 0 else None for i in range(n)],
+                        "wide": [None] * n,
+                        "note": [("é," * (i * 97 % 300_000)) if i % 100 == 0 else None for i in range(n)],
                         "code": [f"c{i}" for i in range(n)]}, schema={c.name: pl.String for c in spec.columns})
     typed, _ = coerce(raw, spec, pl.Series(range(n)), instants=True)
     _both(typed, spec, separator_free=True, count=",")
