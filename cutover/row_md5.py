@@ -24,6 +24,7 @@ import ctypes
 import importlib.util
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -80,13 +81,18 @@ def _md5_address() -> int | None:
     return None
 
 
+def kernel_file() -> Path | None:
+    """The built kernel's file, if it was built (``cutover.digest_memo`` names it in its rules)."""
+    spec = importlib.util.find_spec("cutover._row_md5")
+    return None if spec is None or spec.origin is None else Path(spec.origin)
+
+
 @cache
 def _kernel() -> tuple[ctypes._CFuncPtr, int, ctypes._CFuncPtr] | None:
-    spec = importlib.util.find_spec("cutover._row_md5")
-    md5 = _md5_address()
-    if spec is None or spec.origin is None or md5 is None:
+    built, md5 = kernel_file(), _md5_address()
+    if built is None or md5 is None:
         return None
-    fn = ctypes.CDLL(spec.origin).row_md5
+    fn = ctypes.CDLL(str(built)).row_md5
     fn.restype = ctypes.c_int64
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [i64, i32, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr]

@@ -98,7 +98,7 @@ def test_the_rules_name_the_spec(specs):
 
 
 @pytest.mark.parametrize("module", ["csvscan", "batches", "coerce", "fast_timestamps", "digests", "table_digests",
-                                    "digest_parity"])
+                                    "digest_parity", "row_md5"])
 def test_the_rules_name_each_module_the_sums_run_through(specs, tmp_path, monkeypatch, module):
     """A change to the code that reads, types or digests a CSV changes the rules: sums kept under the
     old code are not recalled."""
@@ -109,6 +109,21 @@ def test_the_rules_name_each_module_the_sums_run_through(specs, tmp_path, monkey
     changed = tmp_path / f"{module}.py"
     changed.write_bytes(Path(code.__file__).read_bytes() + b"\n# changed\n")
     monkeypatch.setattr(code, "__file__", str(changed))
+    assert digest_memo.rules.__wrapped__(specs["leads"]) != before
+
+
+def test_the_rules_name_the_built_kernel(specs, tmp_path, monkeypatch):
+    """Sums kept under one build of the C row digest kernel are not recalled under another, nor without it."""
+    from cutover import row_md5
+
+    built = row_md5.kernel_file()
+    assert built is not None
+    before = digest_memo.rules.__wrapped__(specs["leads"])
+    rebuilt = tmp_path / built.name
+    rebuilt.write_bytes(built.read_bytes() + b"\x00")
+    monkeypatch.setattr(row_md5, "kernel_file", lambda: rebuilt)
+    assert digest_memo.rules.__wrapped__(specs["leads"]) != before
+    monkeypatch.setattr(row_md5, "kernel_file", lambda: None)
     assert digest_memo.rules.__wrapped__(specs["leads"]) != before
 
 
