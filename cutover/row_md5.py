@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-SEPARATOR = 0x1F
 AS_IS, TIMESTAMPS, NUMERICS = 0, 1, 2  # how a UTF-8 field is written (see _row_md5.c)
 ERRORS = {-1: "an Arrow stream failed", -2: "a column of a layout other than UTF-8 views or int64",
           -3: "a column not of one chunk of the batch's length", -4: "out of memory",
