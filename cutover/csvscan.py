@@ -9,10 +9,11 @@ Two passes, both streaming with memory bounded by the batch size:
    column, invalid UTF-8, a quote left open at end of file — is a ``StructuralError`` naming the
    file, line and column. ``ScanStream`` hands out each batch as soon as it is cut, so that a
    consumer can work on the first batches while the scan reads the rest.
-2. ``index_records`` takes one batch's bytes and returns, vectorised with numpy, where each record
-   starts and ends, its source line and (unless told not to) its field count — the facts a CSV
-   parser hides (polars pads short rows and cannot say on which line a row began). A quote inside an unquoted field or
-   text after a closing quote makes the rest of the file ambiguous and is a ``StructuralError``.
+2. ``index_records`` takes one batch's bytes and returns, in one C pass (with numpy where that is not
+   built), where each record starts and ends, its source line and (unless told not to) its field
+   count — the facts a CSV parser hides (polars pads short rows and cannot say on which line a row
+   began). A quote inside an unquoted field or text after a closing quote makes the rest of the file
+   ambiguous and is a ``StructuralError``.
 
 Records that are blank are skipped (not counted); records with the wrong number of fields are the
 caller's to reject. Everything else is handed to polars as well-formed CSV.
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cutover import record_index
 from cutover.errors import StructuralError
 
 QUOTE, COMMA, LF, CR = 0x22, 0x2C, 0x0A, 0x0D
@@ -362,7 +364,13 @@ class RecordIndex:
 
 def index_records(buf: bytes, first_line: int, path: Path, *, count_fields: bool = True) -> RecordIndex:
     """Pass 2 (see module docstring). ``buf`` starts on a record boundary. Counting fields is most of
-    the cost: a caller that only needs the records' bounds says so."""
+    the cost: a caller that only needs the records' bounds says so. The C reader
+    (``cutover.record_index``) gives the same index for a file without quoting errors; numpy's, below,
+    for one with them says where."""
+    found = record_index.bounds(buf, first_line, count_fields=count_fields)
+    if found is not None:
+        starts, ends, stops, lines, fields = found
+        return RecordIndex(starts=starts, ends=ends, stops=stops, lines=lines, fields=fields, blank=ends == starts)
     a = np.frombuffer(buf, dtype=np.uint8)
     n = len(a)
     quotes = np.flatnonzero(a == QUOTE)

@@ -4,9 +4,8 @@ Contract: ``recall(path, sha256, rules)`` returns the sums and counts that ``kee
 with that SHA-256 typed and digested under those ``rules``, or None. A file's sums are a function of
 its bytes and of the rules that split, type and digest them, so what is recalled is exactly what a
 new read would compute: ``rules`` names all of those rules — the table's spec, the source of the
-modules that apply it, the C row digest kernel as built (``cutover.row_md5``), the polars and polars-hash
-versions they run on. Only the CSV's side is ever
-recalled; the table's side is summed again by every comparison (it may change without cutover). Only a
+modules that apply it, the C kernels as built (``cutover.record_index``, ``cutover.row_md5``), the polars
+and polars-hash versions they run on. Only the CSV's side is ever recalled; the table's side is summed again by every comparison (it may change without cutover). Only a
 full read of the file keeps sums — never a sync, even one that knows which records changed: sums
 derived from what a sync did would share its mistakes, the very thing a comparison is there to catch.
 
@@ -55,17 +54,20 @@ def rules(spec: TableSpec) -> str:
     import polars
     import polars_hash
 
-    from cutover import batches, coerce, csvscan, digest_parity, digests, fast_timestamps, row_md5, table_digests
+    from cutover import (batches, coerce, csvscan, digest_parity, digests, fast_timestamps, record_index, row_md5,
+                         table_digests)
 
     digest = hashlib.sha256()
     for part in (repr(dataclasses.replace(spec, source=None)), polars.__version__,
                  getattr(polars_hash, "__version__", "?")):
         digest.update(part.encode() + b"\x00")
     try:
-        for module in (csvscan, batches, coerce, fast_timestamps, digests, table_digests, digest_parity, row_md5):
+        for module in (csvscan, record_index, batches, coerce, fast_timestamps, digests, table_digests, digest_parity,
+                       row_md5):
             digest.update(Path(module.__file__).read_bytes() + b"\x00")
-        kernel = row_md5.kernel_file()  # the C kernel as built, if it was (its sums are polars' by contract)
-        digest.update(kernel.read_bytes() if kernel else b"no kernel")
+        # the C kernels as built, if they were (by contract they give numpy's and polars' results)
+        for kernel in (record_index.kernel_file(), row_md5.kernel_file()):
+            digest.update(kernel.read_bytes() if kernel else b"no kernel")
     except (OSError, TypeError):  # no readable source: rules that no kept sums can match
         return f"unknown-{uuid.uuid4().hex}"
     return digest.hexdigest()

@@ -97,8 +97,8 @@ def test_the_rules_name_the_spec(specs):
     assert digest_memo.rules(spec) != digest_memo.rules(other)
 
 
-@pytest.mark.parametrize("module", ["csvscan", "batches", "coerce", "fast_timestamps", "digests", "table_digests",
-                                    "digest_parity", "row_md5"])
+@pytest.mark.parametrize("module", ["csvscan", "record_index", "batches", "coerce", "fast_timestamps", "digests",
+                                    "table_digests", "digest_parity", "row_md5"])
 def test_the_rules_name_each_module_the_sums_run_through(specs, tmp_path, monkeypatch, module):
     """A change to the code that reads, types or digests a CSV changes the rules: sums kept under the
     old code are not recalled."""
@@ -112,18 +112,20 @@ def test_the_rules_name_each_module_the_sums_run_through(specs, tmp_path, monkey
     assert digest_memo.rules.__wrapped__(specs["leads"]) != before
 
 
-def test_the_rules_name_the_built_kernel(specs, tmp_path, monkeypatch):
-    """Sums kept under one build of the C row digest kernel are not recalled under another, nor without it."""
-    from cutover import row_md5
+@pytest.mark.parametrize("module", ["record_index", "row_md5"])
+def test_the_rules_name_the_built_kernel(specs, tmp_path, monkeypatch, module):
+    """Sums kept under one build of a C kernel are not recalled under another, nor without it."""
+    import importlib
 
-    built = row_md5.kernel_file()
+    code = importlib.import_module(f"cutover.{module}")
+    built = code.kernel_file()
     assert built is not None
     before = digest_memo.rules.__wrapped__(specs["leads"])
     rebuilt = tmp_path / built.name
     rebuilt.write_bytes(built.read_bytes() + b"\x00")
-    monkeypatch.setattr(row_md5, "kernel_file", lambda: rebuilt)
+    monkeypatch.setattr(code, "kernel_file", lambda: rebuilt)
     assert digest_memo.rules.__wrapped__(specs["leads"]) != before
-    monkeypatch.setattr(row_md5, "kernel_file", lambda: None)
+    monkeypatch.setattr(code, "kernel_file", lambda: None)
     assert digest_memo.rules.__wrapped__(specs["leads"]) != before
 
 
