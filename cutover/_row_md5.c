@@ -10,8 +10,10 @@ UTF-8 views (polars' strings) or int64 (written in decimal); any other layout is
 marked as timestamps holds the loader's timestamptz values (YYYY-MM-DD[T ]HH:MM:SS[.f], then Z or
 +-HH:MM): each is written as its microseconds since 1970 UTC, as polars' parse of it would give; one
 marked as numerics holds the loader's plain decimals, each written as PostgreSQL prints a numeric of the
-column's scale (no leading zeros, exactly that many decimals, no sign on zero). A value of another shape,
-an impossible date or a nonzero digit past the scale fails the call (the caller then uses polars).
+column's scale (no leading zeros, exactly that many decimals, no sign on zero); one marked as uuids
+holds 8-4-4-4-12 hex digits of either case, written in lower case. A value of another shape, an
+impossible date, a nonzero digit past the scale or more digits before the point than the column's
+precision leaves room for fails the call (the caller then types the batch by every rule, or uses polars).
 Each row's bucket is worked out from its key's text as written: the top bits of its MD5, or for a uuid
 key, of its first two bytes XOR its last two (cutover/table_digests.py, key_bucket_sql). The
 function holds no state and no lock, so threads may call it at once; Python's lock is released around
@@ -47,7 +49,7 @@ struct ArrowArrayStream {
 typedef unsigned char *(*md5_fn)(const unsigned char *, size_t, unsigned char *);
 
 enum { VIEW, INT64, OWNED };
-enum { AS_IS = 0, TIMESTAMPS = 1, NUMERICS = 2 };
+enum { AS_IS = 0, TIMESTAMPS = 1, NUMERICS = 2, UUIDS = 3 };
 enum { BUCKET_UUID = 0, BUCKET_MD5 = 1 };
 enum { E_STREAM = -1, E_FORMAT = -2, E_SHAPE = -3, E_MEMORY = -4, E_COLUMNS = -5, E_VALUE = -6 };
 #define MAX_COLUMNS 1024
@@ -209,10 +211,19 @@ static int parse_timestamps(struct column *col, int64_t rows) {
     return 0;
 }
 
-/* A plain decimal ([+-], digits, '.', digits; one digit at least) as PostgreSQL prints it at ``scale``,
-into out (room for n + scale + 2 bytes); its length, or -1 if it is not of the shape or has a nonzero
-digit past the scale. */
-static int64_t canonical_numeric(const unsigned char *p, int64_t n, int32_t scale, unsigned char *out) {
+/* How a column's value is rewritten: into out (room for n + room bytes), its new length, or -1 if the
+value is not of the column's shape. */
+struct rule {
+    int64_t (*write)(const unsigned char *p, int64_t n, const struct rule *rule, unsigned char *out);
+    int32_t scale, whole_digits;  /* a numeric column's */
+    int64_t room;
+};
+
+/* A plain decimal ([+-], digits, '.', digits; one digit at least) as PostgreSQL prints it at the rule's
+scale (room: scale + 2); -1 if it is not of the shape, has a nonzero digit past the scale or more than
+whole_digits significant digits before the point. */
+static int64_t canonical_numeric(const unsigned char *p, int64_t n, const struct rule *rule, unsigned char *out) {
+    int32_t scale = rule->scale;
     int64_t at = 0, k = 0;
     int negative = 0, nonzero = 0;
     if (at < n && (p[at] == '+' || p[at] == '-')) negative = p[at++] == '-';
@@ -226,6 +237,7 @@ static int64_t canonical_numeric(const unsigned char *p, int64_t n, int32_t scal
     }
     if (at != n || (whole_end == whole && frac_end == frac)) return -1;
     while (whole < whole_end - 1 && p[whole] == '0') whole++;  /* leading zeros, one digit kept */
+    if (whole_end - whole > rule->whole_digits && !(whole_end - whole == 1 && p[whole] == '0')) return -1;
     for (int64_t d = scale; frac + d < frac_end; d++)
         if (p[frac + d] != '0') return -1;
     for (int64_t d = whole; d < whole_end; d++) nonzero |= p[d] != '0';
@@ -238,10 +250,32 @@ static int64_t canonical_numeric(const unsigned char *p, int64_t n, int32_t scal
     return k;
 }
 
-/* A numeric column's values as PostgreSQL's texts: the column becomes an OWNED one (its NULLs kept). */
-static int canonical_numerics(struct column *col, int64_t rows, int32_t scale) {
+static inline int hex_value(unsigned char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A uuid (8-4-4-4-12 hex digits, either case) in lower case (room: 0); -1 if it is not of the shape. */
+static int64_t canonical_uuid(const unsigned char *p, int64_t n, const struct rule *rule, unsigned char *out) {
+    (void)rule;
+    if (n != 36) return -1;
+    for (int k = 0; k < 36; k++) {
+        unsigned char c = p[k];
+        if (k == 8 || k == 13 || k == 18 || k == 23) {
+            if (c != '-') return -1;
+        } else {
+            if (c >= 'A' && c <= 'F') c += 'a' - 'A';
+            if (hex_value(c) < 0) return -1;
+        }
+        out[k] = c;
+    }
+    return 36;
+}
+
+/* A column's values rewritten by rule: the column becomes an OWNED one (its NULLs kept). E_VALUE for a
+value not of the rule's shape. */
+static int rewrite_column(struct column *col, int64_t rows, const struct rule *rule) {
     const struct ArrowArray *a = &col->array;
-    size_t cap = (size_t)rows * (24 + (size_t)scale) + 64;
+    size_t cap = (size_t)rows * (36 + (size_t)rule->room) + 64;
     col->offsets = malloc(sizeof(int64_t) * (size_t)(a->offset + rows + 1));
     col->owned = malloc(cap);
     if (col->offsets == NULL || col->owned == NULL) return E_MEMORY;
@@ -251,23 +285,19 @@ static int canonical_numerics(struct column *col, int64_t rows, int32_t scale) {
         if (is_null(a, i)) continue;
         int64_t n;
         const unsigned char *p = text_at(a, i, &n);
-        if ((size_t)(used + n + scale + 2) > cap) {
-            cap = 2 * cap + (size_t)(n + scale + 2);
+        if ((size_t)(used + n + rule->room) > cap) {
+            cap = 2 * cap + (size_t)(n + rule->room);
             unsigned char *grown = realloc(col->owned, cap);
             if (grown == NULL) return E_MEMORY;
             col->owned = grown;
         }
-        int64_t k = canonical_numeric(p, n, scale, col->owned + used);
+        int64_t k = rule->write(p, n, rule, col->owned + used);
         if (k < 0) return E_VALUE;
         used += k;
     }
     col->offsets[a->offset + rows] = used;
     col->layout = OWNED;
     return 0;
-}
-
-static inline int hex_value(unsigned char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 /* The bucket of a key whose text is p[0..n): see the top of this file. -1 if a uuid's text is not hex. */
@@ -323,14 +353,15 @@ static inline int64_t occurrences(const unsigned char *p, size_t len, unsigned c
 stay in the CPU's cache (row by row, the reads of ~17 columns at once missed it: a third slower). */
 #define TILE 256
 
-/* kinds[c]: whether UTF-8 column c holds timestamps or numerics of scale scales[c] (see above), or is
-written as is. key_column, bucket_kind, bucket_bits: the key's column and how its bucket is worked out,
-into buckets. mask_group[c], mask_bit[c]: where column c's NULL flag goes (group -1: never NULL).
-untrusted: when not
+/* kinds[c]: whether UTF-8 column c holds timestamps, uuids (written in lower case), or numerics of scale
+scales[c] and at most wholes[c] significant digits before the point (see above), or is written as is.
+key_column, bucket_kind, bucket_bits: the key's column and how its bucket is worked out, into buckets.
+mask_group[c], mask_bit[c]: where column c's NULL flag goes (group -1: never NULL). untrusted: when not
 NULL, flags each row whose text holds more separators than it joins fields (a value holds one). counted:
 when not NULL, how many times the byte count_byte appears in all rows' texts. */
 int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *kinds,
-                const int32_t *scales, int32_t key_column, int32_t bucket_kind, int32_t bucket_bits,
+                const int32_t *scales, const int32_t *wholes, int32_t key_column, int32_t bucket_kind,
+                int32_t bucket_bits,
                 const int32_t *mask_group, const int32_t *mask_bit, int32_t n_masks, md5_fn md5, int64_t *buckets,
                 uint64_t *x0, uint64_t *x1, uint8_t *untrusted, int32_t count_byte, int64_t *counted) {
     if (n_columns < 1 || n_columns > MAX_COLUMNS || n_masks < 0 || n_masks > MAX_COLUMNS || key_column < 0
@@ -353,8 +384,10 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
     }
     for (int32_t c = 0; c < n_columns; c++) {
         if (kinds[c] == AS_IS) continue;
+        struct rule rule = kinds[c] == UUIDS ? (struct rule){canonical_uuid, 0, 0, 0}
+                           : (struct rule){canonical_numeric, scales[c], wholes[c], (int64_t)scales[c] + 2};
         int err = cols[c].layout != VIEW ? E_FORMAT : kinds[c] == TIMESTAMPS ? parse_timestamps(&cols[c], rows)
-                : canonical_numerics(&cols[c], rows, scales[c]);
+                : rewrite_column(&cols[c], rows, &rule);
         if (err) { result = err; goto done; }
     }
     for (int64_t t = 0; t < rows; t += TILE) {

@@ -147,11 +147,11 @@ def as_strings(plan: SyncPlan, header: csvscan.Header, buf: bytes, idx: csvscan.
     return RawBatch(raw, lines, ragged, int(counted.sum()), buf if plain else None, b"\x00" in buf)
 
 
-def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series, ragged: pl.DataFrame, *,
-              nul: bool = True, instants: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series, ragged: pl.DataFrame, *, nul: bool = True,
+              instants: bool = False, unchecked_shapes: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(typed good rows, every reject with its value as stored); ``nul``: see ``RawBatch``,
-    ``instants``: see ``cutover.coerce.coerce``."""
-    typed, rejects = coerce(raw, plan.spec, lines, nul=nul, instants=instants)
+    ``instants``, ``unchecked_shapes``: see ``cutover.coerce.coerce``."""
+    typed, rejects = coerce(raw, plan.spec, lines, nul=nul, instants=instants, unchecked_shapes=unchecked_shapes)
     if ragged.height:
         rejects = pl.concat([rejects, ragged])
     return typed, rejects.with_columns(stored_value("value"))

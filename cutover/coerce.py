@@ -114,10 +114,17 @@ def _text(col: pl.Expr, c: Column, nul: bool = True) -> tuple[pl.Expr, pl.Expr]:
     return col, reason
 
 
-def column_passes(c: Column, *, nul: bool = True, fast: bool = False) -> pl.Expr:
+# Types whose shape a caller may check itself (``coerce``'s ``unchecked_shapes``): their values pass as written.
+SHAPES_CHECKED_BY_CALLER = ("uuid", "numeric")
+
+
+def column_passes(c: Column, *, nul: bool = True, fast: bool = False, unchecked: bool = False) -> pl.Expr:
     """Whether ``column_rule``'s reason is null, more cheaply where it can be told so: the reasons are
-    only worked out for the rows that fail (``fast``: the fast timestamp rule, see ``_typing``)."""
+    only worked out for the rows that fail (``fast``: the fast timestamp rule, see ``_typing``;
+    ``unchecked``: see ``SHAPES_CHECKED_BY_CALLER``, a NULL is still checked)."""
     col = pl.col(c.name)
+    if unchecked and c.type in SHAPES_CHECKED_BY_CALLER:
+        return pl.lit(True) if c.nullable else col.is_not_null()
     if c.type == "uuid":
         passes = col.str.contains(UUID_RE)
     elif c.type == "numeric":
@@ -183,7 +190,7 @@ class _Exprs:
 
 
 @lru_cache(maxsize=64)
-def _typing(spec: TableSpec, fast: bool, nul: bool, instants: bool) -> _Exprs:
+def _typing(spec: TableSpec, fast: bool, nul: bool, instants: bool, unchecked: bool) -> _Exprs:
     rules = {c.name: column_rule(c, nul=nul) for c in spec.columns}
     if fast:  # see FAST_TS_RE: the value as written; a missing required one is still a reject
         rules = {c.name: (pl.col(c.name), pl.when(pl.col(c.name).is_null() & (not c.nullable))
@@ -197,8 +204,10 @@ def _typing(spec: TableSpec, fast: bool, nul: bool, instants: bool) -> _Exprs:
     key = pl.when(pl.col(pk).str.contains(UUID_RE)).then(pl.col(pk).str.to_lowercase()) \
         if spec.column(pk).type == "uuid" else pl.col(pk)
     return _Exprs(checks=tuple(reason.alias(w) for (_, reason), w in zip(rules.values(), why)),
-                  bad=~pl.all_horizontal(column_passes(c, nul=nul, fast=fast) for c in spec.columns),
-                  values=(*(value.alias(name) for name, (value, _) in rules.items()), pl.col("_line"),
+                  bad=~pl.all_horizontal(column_passes(c, nul=nul, fast=fast, unchecked=unchecked)
+                                         for c in spec.columns),
+                  values=(*((pl.col(c.name) if unchecked and c.type in SHAPES_CHECKED_BY_CALLER else value)
+                            .alias(c.name) for c, (value, _) in zip(spec.columns, rules.values())), pl.col("_line"),
                           *(_instants(spec, fast) if instants else [])),
                   first=first.alias("_reject"), key=key.alias("key"))
 
@@ -239,9 +248,9 @@ def _instants(spec: TableSpec, fast: bool) -> list[pl.Expr]:
     return [_general_instant(pl.col(n))[0].alias(instant_column(n)) for n in stamps]
 
 
-def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool,
-           instants: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
-    rules = _typing(spec, fast, nul, instants)
+def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool, instants: bool,
+           unchecked: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rules = _typing(spec, fast, nul, instants, unchecked)
     bad = frame.select(rules.bad).to_series()
     if not bad.any():  # the usual batch: no row to copy out
         return (frame.select(rules.values),
@@ -257,27 +266,33 @@ def _typed(frame: pl.DataFrame, spec: TableSpec, fast: bool, nul: bool,
     return good, rejects
 
 
-def coerce(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series, *, nul: bool = True,
-           instants: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+def coerce(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series, *, nul: bool = True, instants: bool = False,
+           unchecked_shapes: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split ``raw`` into (good rows in text PostgreSQL parses back exactly + ``_line``, rejects:
     line/column/value/reason/key). Rows whose timestamps all have the common shape skip the general
     timestamp rule (the costly part); the outcome is the same either way. ``nul=False`` promises that
     no value holds a NUL character (the caller checked the bytes): texts are not searched for one.
     ``instants``: the good rows also carry each timestamp as parsed (Datetime UTC, ``instant_column``),
-    so that a caller needing the instant does not parse the text again."""
-    typed, rejects, _ = coerce_noting_rewrites(raw, spec, lines, nul=nul, instants=instants)
+    so that a caller needing the instant does not parse the text again. ``unchecked_shapes``: uuids and
+    numerics pass as written, their shapes unchecked (``SHAPES_CHECKED_BY_CALLER``): a row that only they
+    would reject is typed; the caller checks them (``cutover.row_md5`` does) and, if one fails, types the
+    batch again without this. A rejected row's reason is still its first failing column, of any type."""
+    typed, rejects, _ = coerce_noting_rewrites(raw, spec, lines, nul=nul, instants=instants,
+                                               unchecked_shapes=unchecked_shapes)
     return typed, rejects
 
 
 def coerce_noting_rewrites(raw: pl.DataFrame, spec: TableSpec, lines: pl.Series, *, nul: bool = True,
-                           instants: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+                           instants: bool = False, unchecked_shapes: bool = False
+                           ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
     """``coerce``, and whether any value was rewritten: False when every row took the fast rule, which
     passes values on as written (PostgreSQL reads them as the canonical form would be read)."""
     fast, general = _split_fast(raw.with_columns(lines.alias("_line")), spec, instants)
+    unchecked = unchecked_shapes
     if general.height == 0:
-        return (*_typed(fast, spec, True, nul, instants), False)
+        return (*_typed(fast, spec, True, nul, instants, unchecked), False)
     if fast.height == 0:
-        return (*_typed(general, spec, False, nul, instants), True)
-    (good_fast, rejects_fast), (good, rejects) = (_typed(fast, spec, True, nul, instants),
-                                                  _typed(general, spec, False, nul, instants))
+        return (*_typed(general, spec, False, nul, instants, unchecked), True)
+    (good_fast, rejects_fast), (good, rejects) = (_typed(fast, spec, True, nul, instants, unchecked),
+                                                  _typed(general, spec, False, nul, instants, unchecked))
     return pl.concat([good_fast, good]), pl.concat([rejects_fast, rejects]), True

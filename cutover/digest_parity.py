@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 import psycopg
 
-from cutover import batches, csvscan, digest_memo, digests, merge, parity, table_digests
+from cutover import batches, csvscan, digest_memo, digests, merge, parity, row_md5, table_digests
 from cutover.pipeline import as_done, in_order
 from cutover.syncplan import SyncPlan
 from cutover.totals_ahead import TotalsAhead
@@ -62,10 +62,17 @@ def _batch_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch) -
 def _summed(plan: SyncPlan, rb: batches.RawBatch, *,
             count: str | None = None) -> tuple[digests.Sums, SourceCounts, pl.DataFrame, int]:
     """A batch read as strings, typed by the loader's code and summed: (sums, counts, rejects, how many
-    times ``count`` appears in the typed rows' texts)."""
-    typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul, instants=digests.needs_instants())
-    sums = digests.Sums.empty()
-    found = digests.source_sums(typed, plan.spec, into=sums, separator_free=_separator_free(rb.verbatim), count=count)
+    times ``count`` appears in the typed rows' texts). Where the C kernel is built, it checks the uuids'
+    and numerics' shapes itself, in its one pass, and the typing does not (a batch with one it refuses is
+    typed again by every rule)."""
+    free = _separator_free(rb.verbatim)
+    for unchecked in (True, False) if row_md5.available() else (False,):
+        typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul,
+                                           instants=digests.needs_instants(), unchecked_shapes=unchecked)
+        sums = digests.Sums.empty()
+        found = digests.source_sums(typed, plan.spec, into=sums, separator_free=free, count=count, unchecked=unchecked)
+        if found is not None:
+            break
     return sums, SourceCounts(rb.read, typed.height, rejects.height), rejects, found
 
 

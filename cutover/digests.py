@@ -170,12 +170,12 @@ def needs_instants() -> bool:
 @lru_cache(maxsize=64)
 def _kernel_input(spec: TableSpec, parsed: bool) -> tuple[tuple[pl.Expr, ...], row_md5.Layout]:
     """``source_sums``' input for the C kernel, built once per spec: the fields (a timestamp's instant as
-    Int64 microseconds if the frame has it, else its text; a numeric's text; others canonical already)
-    and how the kernel writes them."""
+    Int64 microseconds if the frame has it, else its text; a numeric's or uuid's text, which the kernel
+    checks and writes; texts as they are) and how the kernel writes them."""
     def kind(c: Column) -> int:
         if c.type == "timestamptz":
             return row_md5.AS_IS if parsed else row_md5.TIMESTAMPS
-        return row_md5.NUMERICS if c.type == "numeric" else row_md5.AS_IS
+        return {"numeric": row_md5.NUMERICS, "uuid": row_md5.UUIDS}.get(c.type, row_md5.AS_IS)
 
     kinds = [kind(c) for c in spec.columns]
     fields = [(pl.col(c.name) if k != row_md5.AS_IS else _field(c, parsed, as_text=False)).alias(f"_f{i}")
@@ -184,26 +184,35 @@ def _kernel_input(spec: TableSpec, parsed: bool) -> tuple[tuple[pl.Expr, ...], r
     key = spec.column(spec.primary_key)
     return tuple(fields), row_md5.Layout(
         kinds=tuple(kinds), scales=tuple(c.scale if c.type == "numeric" else 0 for c in spec.columns),
+        wholes=tuple(c.precision - c.scale if c.type == "numeric" else 0 for c in spec.columns),
         mask_slots=tuple(slot.get(c.name, (-1, 0)) for c in spec.columns), n_masks=len(masks(spec)),
         key_column=spec.column_names.index(key.name), uuid_key=key.type == "uuid", bucket_bits=4 * BUCKET_DIGITS)
 
 
 def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False,
-                count: str | None = None, kernel: bool = True) -> int:
+                count: str | None = None, kernel: bool = True, unchecked: bool = False) -> int | None:
     """Fold a batch of typed rows (columns in spec order; others ignored) into ``into``.
     ``separator_free``: the caller knows no value holds the separator (its bytes do not). Returns how
     many times the character ``count`` appears in the rows' texts, when asked: a punctuation mark
     other than ``-``, ``.`` and ``:`` can only come from a text value (see the canonical text).
-    ``kernel`` False: polars' expressions even where the C kernel is built (tests compare the two)."""
+    ``kernel`` False: polars' expressions even where the C kernel is built (tests compare the two).
+    ``unchecked``: the rows were typed without their uuids' and numerics' shapes checked
+    (``cutover.coerce``'s ``unchecked_shapes``), which the kernel checks: None, and nothing folded, if
+    one would have been rejected (the caller types the batch again by every rule)."""
     if typed.height == 0:
         return 0
     parsed = all(instant_column(c.name) in typed.columns for c in spec.columns if c.type == "timestamptz")
-    if kernel and row_md5.available() and (count is None or (len(count) == 1 and count.isascii())):
+    use_kernel = kernel and row_md5.available() and (count is None or (len(count) == 1 and count.isascii()))
+    if unchecked and not use_kernel:
+        raise ValueError("rows typed without their shapes checked need the C kernel to check them")
+    if use_kernel:
         fields, layout = _kernel_input(spec, parsed)
         found = row_md5.digest(typed.select(fields), layout, check_separators=not separator_free, count=count)
         if found is not None:  # else a value of a shape it does not read: polars reads them all
             into.add_rows(found.bucket, found.x0, found.x1, found.untrusted)
             return found.counted
+        if unchecked:
+            return None
     canonical, digested, halves = _summing(spec, parsed, separator_free)
     rows = typed.select(canonical)
     # folded by numpy, not grouped by polars: a third of the time on a batch's ~15,000 rows

@@ -1,11 +1,12 @@
 """The rows' canonical texts and their MD5s in one C pass (``_row_md5.c``), when the kernel was built.
 
 Contract: ``digest(fields, layout, ...)`` gives, for each row of ``fields`` (the fields of
-``cutover.digests``' canonical text, in spec order: texts and uuids as polars strings; timestamps as Int64
-microseconds, or as the loader's text, which the kernel reads itself; numerics as the loader's text, which
-it writes as PostgreSQL prints them), the same two 64-bit halves of the MD5 of the same text, and the same
-bucket, separator check and character count, that ``digests``' polars expressions give. A value of a
-shape the kernel does not read makes it give None: the caller then uses polars. ``tests/test_row_md5.py``
+``cutover.digests``' canonical text, in spec order: texts as polars strings; timestamps as Int64
+microseconds, or as the loader's text, which the kernel reads itself; numerics and uuids as written, which
+it checks as the loader does and writes as PostgreSQL prints them), the same two 64-bit halves of the MD5
+of the same text, and the same bucket, separator check and character count, that ``digests``' polars
+expressions give for the loader's typed rows. A value of a shape the kernel does not read, or one the
+loader would reject, makes it give None: the caller then types by every rule, or uses polars. ``tests/test_row_md5.py``
 holds the two equal. It copies no column and computes no hex: a 4 MiB batch of leads in ~13 ms, against
 ~37 ms for polars' ``concat_str`` and polars-hash's MD5 in hex.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-AS_IS, TIMESTAMPS, NUMERICS = 0, 1, 2  # how a UTF-8 field is written (see _row_md5.c)
+AS_IS, TIMESTAMPS, NUMERICS, UUIDS = 0, 1, 2, 3  # how a UTF-8 field is written (see _row_md5.c)
 ERRORS = {-1: "an Arrow stream failed", -2: "a column of a layout other than UTF-8 views or int64",
           -3: "a column not of one chunk of the batch's length", -4: "out of memory",
           -5: "columns or bucket out of range"}
@@ -43,12 +44,14 @@ class KernelError(RuntimeError):
 @dataclass(frozen=True)
 class Layout:
     """How the kernel writes a spec's fields (see ``cutover.digests``), built once per spec: per column,
-    its kind (``AS_IS``, ``TIMESTAMPS`` or ``NUMERICS``), its numeric scale, and its (group, bit) in the
-    NULL bitmasks ((-1, 0): never NULL); how many bitmasks; the key's column, whether it is a uuid (else
-    its bucket comes from its MD5) and the bucket's bits."""
+    its kind (``AS_IS``, ``TIMESTAMPS``, ``NUMERICS`` or ``UUIDS``), its numeric scale and the most
+    significant digits it holds before the point (precision - scale), and its (group, bit) in the NULL
+    bitmasks ((-1, 0): never NULL); how many bitmasks; the key's column, whether it is a uuid (else its
+    bucket comes from its MD5) and the bucket's bits."""
 
     kinds: tuple[int, ...]
     scales: tuple[int, ...]
+    wholes: tuple[int, ...]
     mask_slots: tuple[tuple[int, int], ...]
     n_masks: int
     key_column: int
@@ -94,7 +97,7 @@ def _kernel() -> tuple[ctypes._CFuncPtr, int, ctypes._CFuncPtr] | None:
     fn = ctypes.CDLL(str(built)).row_md5
     fn.restype = ctypes.c_int64
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [i64, i32, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr]
+    fn.argtypes = [i64, i32, ptr, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr]
     capsule = ctypes.pythonapi.PyCapsule_GetPointer
     capsule.restype, capsule.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     return fn, md5, capsule
@@ -117,19 +120,20 @@ def digest(fields: pl.DataFrame, layout: Layout, *, check_separators: bool,
         raise ValueError(f"can count one ASCII character, not {count!r}")
     fields = fields.rechunk()
     rows, n = fields.height, fields.width
-    if not n == len(layout.kinds) == len(layout.scales) == len(layout.mask_slots):
+    if not n == len(layout.kinds) == len(layout.scales) == len(layout.wholes) == len(layout.mask_slots):
         raise KernelError(f"{n} fields for a layout of {len(layout.kinds)}")
     streams = [fields.to_series(i).__arrow_c_stream__() for i in range(n)]  # alive until the call returns
     pointers = (ctypes.c_void_p * n)(*(capsule(s, b"arrow_array_stream") for s in streams))
-    kinds, scales = np.array(layout.kinds, np.int32), np.array(layout.scales, np.int32)
+    kinds, scales, wholes = (np.array(v, np.int32) for v in (layout.kinds, layout.scales, layout.wholes))
     group, bit = (np.array(column, np.int32) for column in zip(*layout.mask_slots))
     bucket, x0, x1 = np.empty(rows, np.int64), np.empty(rows, np.uint64), np.empty(rows, np.uint64)
     untrusted = np.empty(rows, np.uint8) if check_separators else None
     counted = ctypes.c_int64(0)
-    done = fn(rows, n, pointers, kinds.ctypes.data, scales.ctypes.data, layout.key_column, 0 if layout.uuid_key else 1,
-              layout.bucket_bits, group.ctypes.data, bit.ctypes.data, layout.n_masks, md5, bucket.ctypes.data,
-              x0.ctypes.data, x1.ctypes.data, None if untrusted is None else untrusted.ctypes.data,
-              ord(count) if count else 0, ctypes.byref(counted) if count else None)
+    done = fn(rows, n, pointers, kinds.ctypes.data, scales.ctypes.data, wholes.ctypes.data, layout.key_column,
+              0 if layout.uuid_key else 1, layout.bucket_bits, group.ctypes.data, bit.ctypes.data, layout.n_masks,
+              md5, bucket.ctypes.data, x0.ctypes.data, x1.ctypes.data,
+              None if untrusted is None else untrusted.ctypes.data, ord(count) if count else 0,
+              ctypes.byref(counted) if count else None)
     if done == UNREAD_VALUE:
         return None
     if done != rows:

@@ -196,7 +196,7 @@ def test_typing_tells_the_failing_rows_as_their_reasons_do(table, specs):
             if not nul:
                 rows = {n: [v if v is None or "\x00" not in v else "y" for v in vs] for n, vs in rows.items()}
             frame = pl.DataFrame(rows, schema={c.name: pl.String for c in spec.columns})
-            rules = _typing(spec, fast, nul, False)
+            rules = _typing(spec, fast, nul, False, False)
             bad = frame.select(rules.bad).to_series()
             reasons = frame.with_columns(rules.checks).select(
                 pl.any_horizontal(pl.col(f"_why_{i}").is_not_null() for i in range(len(spec.columns)))).to_series()

@@ -113,10 +113,12 @@ def test_missing_extra_rejected_and_duplicate_rows_match_the_staged_comparison(d
     _sync(db, settings, specs)
     write_csv(settings.csv_path("leads"),
               rows[2:20] + [lead(20, budget="12.345"), lead(21, created_at="yesterday"), rows[22], rows[22],
-                            lead(23, city="Elsewhere"), rows[23]] + rows[24:] + [lead(100), lead(101, status="nope")])
+                            lead(23, city="Elsewhere"), rows[23]] + rows[24:] + [lead(100), lead(101, status="nope")]
+              # shapes the C kernel checks in place of the typing: the batch is typed again by every rule
+              + [lead(102, agent_id="not-a-uuid"), lead(103, budget="12345678901.00")])
     result = _both(db, settings, specs)
     assert (result["missing_in_target"], result["extra_in_target"]) == (1, 2)
-    assert result["rejected_in_source"] == 7  # three untypable rows, two keys twice each
+    assert result["rejected_in_source"] == 9  # five untypable rows, two keys twice each
     assert not result["passed"]
 
 

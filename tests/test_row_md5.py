@@ -108,8 +108,8 @@ def test_a_timestamp_the_kernel_does_not_read_falls_back_to_polars():
     typed = pl.DataFrame({"id": ["00000000-0000-4000-8000-000000000001", "11110000-0000-4000-8000-000000000000"],
                           "at": ["2024-02-29T23:59:59.1234567+01:00", "1999-12-31 23:59:59Z"], "price": ["1.00", None],
                           "wide": [None, "2.000"], "note": ["a", None], "code": ["b", "c"]})
-    layout = row_md5.Layout(kinds=(row_md5.TIMESTAMPS,), scales=(0,), mask_slots=((0, 0),), n_masks=1, key_column=0,
-                            uuid_key=False, bucket_bits=12)
+    layout = row_md5.Layout(kinds=(row_md5.TIMESTAMPS,), scales=(0,), wholes=(0,), mask_slots=((0, 0),), n_masks=1,
+                            key_column=0, uuid_key=False, bucket_bits=12)
     assert row_md5.digest(typed.select("at"), layout, check_separators=False) is None
     assert _both(typed, spec, separator_free=True, count=",")[0].total == 2
     assert row_md5.digest(typed.slice(1).select("at"), layout, check_separators=False) is not None
@@ -121,8 +121,8 @@ def test_integers_are_written_in_decimal_exactly():
 
     edges = [0, -1, 2**63 - 1, -(2**63)] + [s * (10**k + d) for k in range(19) for d in (-1, 0, 1) for s in (1, -1)]
     values = pl.DataFrame({"v": edges}, schema={"v": pl.Int64})
-    layout = row_md5.Layout(kinds=(row_md5.AS_IS,), scales=(0,), mask_slots=((-1, 0),), n_masks=0, key_column=0,
-                            uuid_key=False, bucket_bits=12)
+    layout = row_md5.Layout(kinds=(row_md5.AS_IS,), scales=(0,), wholes=(0,), mask_slots=((-1, 0),), n_masks=0,
+                            key_column=0, uuid_key=False, bucket_bits=12)
     found = row_md5.digest(values, layout, check_separators=True, count="-")
     expected = [hashlib.md5(str(v).encode()).digest() for v in edges]
     assert [int.from_bytes(e[:8], "big") for e in expected] == found.x0.tolist()
@@ -133,8 +133,8 @@ def test_integers_are_written_in_decimal_exactly():
 
 def test_the_kernel_refuses_a_column_it_cannot_write():
     frame = pl.DataFrame({"a": ["x", "y"], "b": [1.5, 2.5]})
-    layout = row_md5.Layout(kinds=(row_md5.AS_IS,) * 2, scales=(0, 0), mask_slots=((-1, 0),) * 2, n_masks=0,
-                            key_column=0, uuid_key=False, bucket_bits=12)
+    layout = row_md5.Layout(kinds=(row_md5.AS_IS,) * 2, scales=(0, 0), wholes=(0, 0), mask_slots=((-1, 0),) * 2,
+                            n_masks=0, key_column=0, uuid_key=False, bucket_bits=12)
     with pytest.raises(row_md5.KernelError, match="layout"):
         row_md5.digest(frame, layout, check_separators=False)
     with pytest.raises(row_md5.KernelError, match="1 fields for a layout of 2"):
@@ -155,3 +155,75 @@ def test_without_the_kernel_digests_keep_polars(monkeypatch):
     without = digests.Sums.empty()
     digests.source_sums(typed, spec, without)
     assert with_kernel.totals() == without.totals()
+
+
+def _uuid_text(i: int, case: int) -> str:
+    canonical = f"{i:08x}-0000-4000-8000-{(i * 7919) % 16**12:012x}"
+    return (canonical, canonical.upper(), canonical[:9] + canonical[9:].upper())[case]
+
+
+# values the loader rejects by their shape alone (a uuid's made from a valid one): each must make the kernel
+# refuse its batch
+UUID_FLAWS = (lambda u: u[:-1], lambda u: u + "0", lambda u: u.replace("-", "", 1) + "0", lambda u: "g" + u[1:],
+              lambda u: u[:8] + "a" + u[9:], lambda u: u[:30] + "G" + u[31:], lambda u: u[:-1] + "\u00e9")
+FLAWS = ([(column, flaw) for column in ("id", "ref") for flaw in UUID_FLAWS]
+         + [("price", lambda _, v=v: v) for v in ("12345678901", "-12345678901.5", "1.001", "abc", ".", "1e3", "++1",
+                                                 "1.2.3", " 1")]
+         + [("whole", lambda _, v=v: v) for v in ("1.5", "00.1x", "0.0001", "-1")])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), n=st.integers(1, 30))
+def test_shapes_left_to_the_kernel_are_checked_as_the_loader_checks_them(data, n):
+    """Typed without their uuids' and numerics' shapes checked (``coerce``'s ``unchecked_shapes``), rows
+    digest as the loader's typed rows do when none would be rejected; the kernel refuses them otherwise."""
+    spec = TableSpec(name="things", primary_key="id", rls=Rls(owner_column=None), columns=(
+        Column(name="id", type="uuid", nullable=False), Column(name="ref", type="uuid"),
+        Column(name="price", type="numeric", precision=12, scale=2),
+        Column(name="whole", type="numeric", precision=3, scale=3), Column(name="code", type="text", nullable=False)))
+    case = st.integers(0, 2)
+    rows = {
+        "id": [_uuid_text(i, data.draw(case)) for i in range(n)],
+        "ref": [data.draw(st.one_of(st.none(), case.map(lambda c, i=i: _uuid_text(10**6 + i, c)))) for i in range(n)],
+        "price": [data.draw(st.one_of(st.none(), price, st.sampled_from(
+            ["1234567890.99", "0001234567890", "1.000", "-0", "+.5", "5.", "00000000000000.10"]))) for _ in range(n)],
+        "whole": [data.draw(st.sampled_from([None, "0.5", "0", ".125", "00.1", "-0.000", "0.1230"])) for _ in range(n)],
+        "code": [data.draw(st.sampled_from(["a", "b,c", "d", None])) for _ in range(n)],  # None: rejected for itself
+    }
+    flaw = data.draw(st.one_of(st.none(), st.tuples(st.integers(0, n - 1), st.sampled_from(FLAWS))))
+    if flaw is not None:
+        at, (column, make) = flaw
+        rows[column][at] = make(_uuid_text(at, 0))
+    raw = pl.DataFrame(rows, schema={c.name: pl.String for c in spec.columns})
+    lines = pl.Series(range(n))
+    typed, rejects = coerce(raw, spec, lines)
+    loose, loose_rejects = coerce(raw, spec, lines, unchecked_shapes=True)
+    # the rows it rejects, it rejects for the same first reason
+    assert loose_rejects.join(rejects, on=loose_rejects.columns, how="anti", nulls_equal=True).height == 0
+    expected = digests.Sums.empty()
+    expected_commas = digests.source_sums(typed, spec, expected, count=",", kernel=False)
+    found = digests.Sums.empty()
+    commas = digests.source_sums(loose, spec, found, count=",", unchecked=True)
+    if loose_rejects.height < rejects.height:  # a row only a uuid's or numeric's shape rejects
+        assert commas is None
+    else:
+        assert commas == expected_commas and found.totals() == expected.totals()
+        assert np.array_equal(found.x0, expected.x0) and np.array_equal(found.rows, expected.rows)
+
+
+@pytest.mark.parametrize("flaw", range(len(FLAWS)))
+def test_each_shape_the_loader_rejects_makes_the_kernel_refuse(flaw):
+    column, make = FLAWS[flaw]
+    spec = TableSpec(name="things", primary_key="id", rls=Rls(owner_column=None), columns=(
+        Column(name="id", type="uuid", nullable=False), Column(name="ref", type="uuid"),
+        Column(name="price", type="numeric", precision=12, scale=2),
+        Column(name="whole", type="numeric", precision=3, scale=3), Column(name="code", type="text", nullable=False)))
+    rows = {"id": [_uuid_text(i, i % 3) for i in range(5)], "ref": [_uuid_text(9 + i, 1) for i in range(5)],
+            "price": ["1234567890.99"] * 5, "whole": ["0.999"] * 5, "code": ["c"] * 5}
+    rows[column][2] = make(rows[column][2])
+    raw = pl.DataFrame(rows, schema={c.name: pl.String for c in spec.columns})
+    assert coerce(raw, spec, pl.Series(range(5)))[1]["line"].to_list() == [2]
+    loose, loose_rejects = coerce(raw, spec, pl.Series(range(5)), unchecked_shapes=True)
+    assert loose.height == 5 and loose_rejects.height == 0
+    assert digests.source_sums(loose, spec, digests.Sums.empty(), count=",", unchecked=True) is None
+    assert digests.source_sums(loose.filter(pl.col("_line") != 2), spec, digests.Sums.empty(), unchecked=True) == 0
