@@ -361,9 +361,9 @@ NULL, flags each row whose text holds more separators than it joins fields (a va
 when not NULL, how many times the byte count_byte appears in all rows' texts. */
 int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *kinds,
                 const int32_t *scales, const int32_t *wholes, int32_t key_column, int32_t bucket_kind,
-                int32_t bucket_bits,
-                const int32_t *mask_group, const int32_t *mask_bit, int32_t n_masks, md5_fn md5, int64_t *buckets,
-                uint64_t *x0, uint64_t *x1, uint8_t *untrusted, int32_t count_byte, int64_t *counted) {
+                int32_t bucket_bits, const int32_t *mask_group, const int32_t *mask_bit, int32_t n_masks,
+                md5_fn md5, int64_t *buckets, uint64_t *x0, uint64_t *x1, uint8_t *untrusted, int32_t count_byte,
+                int64_t *counted) {
     if (n_columns < 1 || n_columns > MAX_COLUMNS || n_masks < 0 || n_masks > MAX_COLUMNS || key_column < 0
         || key_column >= n_columns || bucket_bits < 1 || bucket_bits > 16)
         return E_COLUMNS;

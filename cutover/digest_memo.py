@@ -5,9 +5,10 @@ with that SHA-256 typed and digested under those ``rules``, or None. A file's su
 its bytes and of the rules that split, type and digest them, so what is recalled is exactly what a
 new read would compute: ``rules`` names all of those rules — the table's spec, the source of the
 modules that apply it, the C kernels as built (``cutover.record_index``, ``cutover.row_md5``), the polars
-and polars-hash versions they run on. Only the CSV's side is ever recalled; the table's side is summed again by every comparison (it may change without cutover). Only a
-full read of the file keeps sums — never a sync, even one that knows which records changed: sums
-derived from what a sync did would share its mistakes, the very thing a comparison is there to catch.
+and polars-hash versions they run on. Only the CSV's side is ever recalled; the table's side is summed
+again by every comparison (it may change without cutover). Only a full read of the file keeps sums —
+never a sync, even one that knows which records changed: sums derived from what a sync did would share its
+mistakes, the very thing a comparison is there to catch.
 
 Storage: one file per table, the last file compared (4,096 buckets, ~100 KB), written atomically
 (``cutover.atomic``) as a numpy archive read without pickle; a missing, torn or foreign file reads as

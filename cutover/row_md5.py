@@ -6,9 +6,9 @@ microseconds, or as the loader's text, which the kernel reads itself; numerics a
 it checks as the loader does and writes as PostgreSQL prints them), the same two 64-bit halves of the MD5
 of the same text, and the same bucket, separator check and character count, that ``digests``' polars
 expressions give for the loader's typed rows. A value of a shape the kernel does not read, or one the
-loader would reject, makes it give None: the caller then types by every rule, or uses polars. ``tests/test_row_md5.py``
-holds the two equal. It copies no column and computes no hex: a 4 MiB batch of leads in ~13 ms, against
-~37 ms for polars' ``concat_str`` and polars-hash's MD5 in hex.
+loader would reject, makes it give None: the caller then types by every rule, or uses polars.
+``tests/test_row_md5.py`` holds the two equal. It takes polars' columns without a copy and computes no hex: a
+4 MiB batch of leads in ~13–14 ms, against ~37 ms for polars' ``concat_str`` and polars-hash's MD5 in hex.
 
 The kernel is built at install (``pyproject.toml``'s ``ext-modules``: an optional C extension, plain C
 without Python's API, loaded with ctypes) and takes OpenSSL's ``MD5`` from the libcrypto Python's own
