@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cutover import csvscan, record_index
 from cutover.errors import StructuralError
+from tests.conftest import CORPUS
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "csv"
 FIELDS = ("starts", "ends", "stops", "lines", "fields", "blank")
 
 
@@ -83,10 +83,9 @@ def test_misplaced_quotes_are_declined_and_named():
             csvscan.index_records(bad, 1, Path("f.csv"))
 
 
-@pytest.mark.skipif(not CORPORA.is_dir(), reason="the shared corpora are not beside the repository")
-@pytest.mark.parametrize("name", sorted(p.name for p in CORPORA.glob("*.csv")) if CORPORA.is_dir() else [])
+@pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.csv")))
 def test_the_corpora_index_as_numpy_does(name):
-    data = (CORPORA / name).read_bytes()
+    data = (CORPUS / name).read_bytes()
     _same(data[data.find(b"\n") + 1:] if b"\n" in data else data)
 
 
