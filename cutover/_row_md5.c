@@ -60,7 +60,7 @@ struct column {
     int layout;
     const int64_t *ints;  /* INT64: the values, by the array's index (a parsed timestamp column's own) */
     int64_t *parsed;      /* owned: a timestamp column's microseconds */
-    int64_t *offsets;     /* OWNED: value i is owned[offsets[i]..offsets[i + 1]) (a numeric column's texts) */
+    int64_t *offsets;     /* OWNED: value i is owned[offsets[i]..offsets[i + 1]) (rewritten numerics or uuids) */
     unsigned char *owned;
 };
 

@@ -364,7 +364,7 @@ class RecordIndex:
 
 def index_records(buf: bytes, first_line: int, path: Path, *, count_fields: bool = True) -> RecordIndex:
     """Pass 2 (see module docstring). ``buf`` starts on a record boundary. Counting fields is most of
-    the cost: a caller that only needs the records' bounds says so. The C reader
+    numpy's cost, little of the C reader's: a caller that only needs the records' bounds says so. The C reader
     (``cutover.record_index``) gives the same index for a file without quoting errors; numpy's, below,
     for one with them says where."""
     found = record_index.bounds(buf, first_line, count_fields=count_fields)

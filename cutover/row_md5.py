@@ -111,7 +111,8 @@ def digest(fields: pl.DataFrame, layout: Layout, *, check_separators: bool,
            count: str | None = None) -> Digests | None:
     """``fields``' rows digested, as ``layout`` says. ``check_separators``: flag rows whose values hold the
     separator; ``count``: one ASCII character to count in the texts. None: a value the kernel does not
-    read (a timestamp or numeric of another shape). Needs ``available()``."""
+    read or the loader would reject (a timestamp, numeric or uuid of another shape, a numeric past the column's
+    precision). Needs ``available()``."""
     kernel = _kernel()
     if kernel is None:
         raise KernelError("the row digest kernel is not built")
