@@ -15,19 +15,19 @@ Concurrency: no state; ctypes releases Python's lock around each call, so batche
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from cutover import kernels
 
 MISPLACED_QUOTES, NO_ROOM = -1, -2
 
 
 def kernel_file() -> Path | None:
     """The built C file's library, if it was built (``cutover.digest_memo`` names it in its rules)."""
-    spec = importlib.util.find_spec("cutover._record_index")
-    return None if spec is None or spec.origin is None else Path(spec.origin)
+    return kernels.built("_record_index")
 
 
 @cache

@@ -34,6 +34,7 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
+from cutover import record_pairs
 from cutover.errors import CutoverError
 
 BASE = np.dtype([("h1", "<u8"), ("h2", "<u8"), ("start", "<i8"), ("stop", "<i8")])
@@ -173,9 +174,22 @@ def match_part(base: np.ndarray, new: np.ndarray) -> Matched | None:
     """Pair the records of one part (see the module docstring)."""
     ragged = new["ragged"].astype(bool)
     candidates = new[~ragged]
+    paired = record_pairs.pair(base, candidates) if record_pairs.available() else _paired_by_sorting(base, candidates)
+    if paired is None:
+        return None
+    base_paired, new_paired = paired
+    changed = np.concatenate((candidates[~new_paired], new[ragged]))
+    gone = base[~base_paired]
+    return Matched(records=len(new), unchanged=int(np.count_nonzero(new_paired)),
+                   changed=changed[np.argsort(changed["start"], kind="stable")],
+                   gone=gone[np.argsort(gone["start"], kind="stable")])
+
+
+def _paired_by_sorting(base: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``cutover.record_pairs.pair`` with numpy: both sides sorted by hash, equal records side by side."""
     nb = len(base)
-    h1 = np.concatenate((base["h1"], candidates["h1"]))
-    h2 = np.concatenate((base["h2"], candidates["h2"]))
+    h1 = np.concatenate((base["h1"], new["h1"]))
+    h2 = np.concatenate((base["h2"], new["h2"]))
     order = np.argsort(h1)  # equal records side by side, unless two others share a first hash
     first = _run_starts(h1[order], h2[order], sorted_by_both=False)
     if first is None:  # shared by records whose second hashes differ (~1e-9 a part): sort by both
@@ -189,14 +203,10 @@ def match_part(base: np.ndarray, new: np.ndarray) -> Matched | None:
     if (bases > 1).any() or ((bases == 1) & (news > 1)).any():
         return None
     paired = ((bases == 1) & (news == 1))[run]
-    unchanged = order[paired & is_new] - nb
-    keep = np.ones(len(candidates), dtype=bool)
-    keep[unchanged] = False
-    changed = np.concatenate((candidates[keep], new[ragged]))
-    gone = base[order[~paired & ~is_new]]
-    return Matched(records=len(new), unchanged=len(unchanged),
-                   changed=changed[np.argsort(changed["start"], kind="stable")],
-                   gone=gone[np.argsort(gone["start"], kind="stable")])
+    base_paired, new_paired = np.zeros(nb, bool), np.zeros(len(new), bool)
+    base_paired[order[paired & ~is_new]] = True
+    new_paired[order[paired & is_new] - nb] = True
+    return base_paired, new_paired
 
 
 def _run_starts(h1: np.ndarray, h2: np.ndarray, *, sorted_by_both: bool) -> np.ndarray | None:

@@ -22,13 +22,14 @@ parallel threads.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from cutover import kernels
 
 AS_IS, TIMESTAMPS, NUMERICS, UUIDS = 0, 1, 2, 3  # how a UTF-8 field is written (see _row_md5.c)
 ERRORS = {-1: "an Arrow stream failed", -2: "a column of a layout other than UTF-8 views or int64",
@@ -85,8 +86,7 @@ def _md5_address() -> int | None:
 
 def kernel_file() -> Path | None:
     """The built kernel's file, if it was built (``cutover.digest_memo`` names it in its rules)."""
-    spec = importlib.util.find_spec("cutover._row_md5")
-    return None if spec is None or spec.origin is None else Path(spec.origin)
+    return kernels.built("_row_md5")
 
 
 @cache
