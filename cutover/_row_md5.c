@@ -24,34 +24,14 @@ the caller may use.
 #include <stdlib.h>
 #include <string.h>
 
-struct ArrowSchema {
-    const char *format, *name, *metadata;
-    int64_t flags, n_children;
-    struct ArrowSchema **children, *dictionary;
-    void (*release)(struct ArrowSchema *);
-    void *private_data;
-};
-struct ArrowArray {
-    int64_t length, null_count, offset, n_buffers, n_children;
-    const void **buffers;
-    struct ArrowArray **children, *dictionary;
-    void (*release)(struct ArrowArray *);
-    void *private_data;
-};
-struct ArrowArrayStream {
-    int (*get_schema)(struct ArrowArrayStream *, struct ArrowSchema *);
-    int (*get_next)(struct ArrowArrayStream *, struct ArrowArray *);
-    const char *(*get_last_error)(struct ArrowArrayStream *);
-    void (*release)(struct ArrowArrayStream *);
-    void *private_data;
-};
+#include "_arrow_columns.h"
+#include "_loader_values.h"
 
 typedef unsigned char *(*md5_fn)(const unsigned char *, size_t, unsigned char *);
 
-enum { VIEW, INT64, OWNED };
+enum { OWNED = INT64 + 1 };  /* a column's layout once rewritten (VIEW, INT64: _arrow_columns.h) */
 enum { AS_IS = 0, TIMESTAMPS = 1, NUMERICS = 2, UUIDS = 3 };
 enum { BUCKET_UUID = 0, BUCKET_MD5 = 1 };
-enum { E_STREAM = -1, E_FORMAT = -2, E_SHAPE = -3, E_MEMORY = -4, E_COLUMNS = -5, E_VALUE = -6 };
 #define MAX_COLUMNS 1024
 #define SEPARATOR 0x1f
 
@@ -65,38 +45,9 @@ struct column {
 };
 
 static int open_column(struct ArrowArrayStream *stream, int64_t rows, struct column *col) {
-    struct ArrowSchema schema;
-    if (stream->get_schema(stream, &schema)) return E_STREAM;
-    const char *f = schema.format;
-    int layout = !strcmp(f, "vu") ? VIEW : !strcmp(f, "l") ? INT64 : -1;
-    schema.release(&schema);
-    if (layout < 0) return E_FORMAT;
-    if (stream->get_next(stream, &col->array)) return E_STREAM;
-    if (col->array.release == NULL) return E_SHAPE;  /* no chunk at all */
-    col->layout = layout;
-    col->ints = layout == INT64 ? (const int64_t *)col->array.buffers[1] : NULL;
-    struct ArrowArray more;  /* exactly one chunk */
-    if (col->array.length != rows || stream->get_next(stream, &more)) return E_SHAPE;
-    if (more.release != NULL) { more.release(&more); return E_SHAPE; }
-    return 0;
-}
-
-static inline int is_null(const struct ArrowArray *a, int64_t i) {
-    const uint8_t *valid = a->buffers[0];
-    return a->null_count != 0 && valid != NULL && !((valid[i >> 3] >> (i & 7)) & 1);
-}
-
-/* Field i of a UTF-8 view column: its bytes and length (a view holds up to 12 bytes itself, else
-points into one of the data buffers that follow the views). */
-static inline const unsigned char *text_at(const struct ArrowArray *a, int64_t i, int64_t *len) {
-    const unsigned char *view = (const unsigned char *)a->buffers[1] + 16 * i;
-    int32_t n, buffer, offset;
-    memcpy(&n, view, 4);
-    *len = n;
-    if (n <= 12) return view + 4;
-    memcpy(&buffer, view + 8, 4);
-    memcpy(&offset, view + 12, 4);
-    return (const unsigned char *)a->buffers[2 + buffer] + offset;
+    int err = open_array(stream, rows, &col->array, &col->layout);
+    col->ints = col->layout == INT64 && !err ? (const int64_t *)col->array.buffers[1] : NULL;
+    return err;
 }
 
 static const uint64_t POW10[20] = {
@@ -142,58 +93,6 @@ static inline uint64_t big_endian(const unsigned char *p) {
     return v;
 }
 
-static inline int digits(const unsigned char *p, int n, int *out) {
-    int v = 0;
-    for (int k = 0; k < n; k++) {
-        if (p[k] < '0' || p[k] > '9') return 0;
-        v = v * 10 + (p[k] - '0');
-    }
-    *out = v;
-    return 1;
-}
-
-/* Days from 1970-01-01 to a date of the proleptic Gregorian calendar (eras of 400 years from 0000-03-01). */
-static int64_t days_from_civil(int64_t y, int m, int d) {
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t year_of_era = y - era * 400;
-    int64_t day_of_year = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    return era * 146097 + day_of_era - 719468;
-}
-
-/* A timestamp's microseconds since 1970 UTC; 0 if it is not of the shape, or names no real instant. */
-static int parse_timestamp(const unsigned char *p, int64_t n, int64_t *micros) {
-    static const int month_days[13] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0;
-    if (n < 20 || p[4] != '-' || p[7] != '-' || (p[10] != 'T' && p[10] != ' ') || p[13] != ':' || p[16] != ':'
-        || !digits(p, 4, &y) || !digits(p + 5, 2, &mo) || !digits(p + 8, 2, &d) || !digits(p + 11, 2, &h)
-        || !digits(p + 14, 2, &mi) || !digits(p + 17, 2, &sec))
-        return 0;
-    int64_t at = 19;
-    if (p[at] == '.') {
-        int64_t k = 0;
-        while (at + 1 + k < n && k < 7 && p[at + 1 + k] >= '0' && p[at + 1 + k] <= '9') k++;
-        if (k < 1 || k > 6 || !digits(p + at + 1, (int)k, &frac)) return 0;
-        for (int64_t z = k; z < 6; z++) frac *= 10;
-        at += 1 + k;
-    }
-    if (n - at == 1 && p[at] == 'Z') {
-    } else if (n - at == 6 && (p[at] == '+' || p[at] == '-') && p[at + 3] == ':' && digits(p + at + 1, 2, &oh)
-               && digits(p + at + 4, 2, &om)) {
-        if (oh > 15 || om > 59) return 0;
-        if (p[at] == '-') { oh = -oh; om = -om; }
-    } else {
-        return 0;
-    }
-    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    if (mo < 1 || mo > 12 || d < 1 || d > month_days[mo] + (mo == 2 && leap) || h > 23 || mi > 59 || sec > 59)
-        return 0;
-    int64_t seconds = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - (oh * 3600 + om * 60);
-    *micros = seconds * 1000000 + frac;
-    return 1;
-}
-
 /* A timestamp column's values as microseconds: the column becomes an INT64 one (its NULLs kept). */
 static int parse_timestamps(struct column *col, int64_t rows) {
     const struct ArrowArray *a = &col->array;
@@ -224,50 +123,28 @@ scale (room: scale + 2); -1 if it is not of the shape, has a nonzero digit past 
 whole_digits significant digits before the point. */
 static int64_t canonical_numeric(const unsigned char *p, int64_t n, const struct rule *rule, unsigned char *out) {
     int32_t scale = rule->scale;
-    int64_t at = 0, k = 0;
-    int negative = 0, nonzero = 0;
-    if (at < n && (p[at] == '+' || p[at] == '-')) negative = p[at++] == '-';
-    int64_t whole = at;
-    while (at < n && p[at] >= '0' && p[at] <= '9') at++;
-    int64_t whole_end = at, frac = at, frac_end = at;
-    if (at < n && p[at] == '.') {
-        frac = ++at;
-        while (at < n && p[at] >= '0' && p[at] <= '9') at++;
-        frac_end = at;
-    }
-    if (at != n || (whole_end == whole && frac_end == frac)) return -1;
-    while (whole < whole_end - 1 && p[whole] == '0') whole++;  /* leading zeros, one digit kept */
-    if (whole_end - whole > rule->whole_digits && !(whole_end - whole == 1 && p[whole] == '0')) return -1;
-    for (int64_t d = scale; frac + d < frac_end; d++)
-        if (p[frac + d] != '0') return -1;
-    for (int64_t d = whole; d < whole_end; d++) nonzero |= p[d] != '0';
-    for (int64_t d = 0; d < scale && frac + d < frac_end; d++) nonzero |= p[frac + d] != '0';
-    if (negative && nonzero) out[k++] = '-';
-    if (whole == whole_end) out[k++] = '0';
-    for (int64_t d = whole; d < whole_end; d++) out[k++] = p[d];
+    struct decimal d;
+    int64_t k = 0;
+    int nonzero = 0;
+    if (!parse_decimal(p, n, &d)) return -1;
+    if (d.whole_len > rule->whole_digits && !(d.whole_len == 1 && d.whole[0] == '0')) return -1;
+    for (int64_t i = scale; i < d.frac_len; i++)
+        if (d.frac[i] != '0') return -1;
+    for (int64_t i = 0; i < d.whole_len; i++) nonzero |= d.whole[i] != '0';
+    for (int64_t i = 0; i < scale && i < d.frac_len; i++) nonzero |= d.frac[i] != '0';
+    if (d.negative && nonzero) out[k++] = '-';
+    if (d.whole_len == 0) out[k++] = '0';
+    for (int64_t i = 0; i < d.whole_len; i++) out[k++] = d.whole[i];
     if (scale > 0) out[k++] = '.';
-    for (int64_t d = 0; d < scale; d++) out[k++] = frac + d < frac_end ? p[frac + d] : '0';
+    for (int64_t i = 0; i < scale; i++) out[k++] = i < d.frac_len ? d.frac[i] : '0';
     return k;
-}
-
-static inline int hex_value(unsigned char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 /* A uuid (8-4-4-4-12 hex digits, either case) in lower case (room: 0); -1 if it is not of the shape. */
 static int64_t canonical_uuid(const unsigned char *p, int64_t n, const struct rule *rule, unsigned char *out) {
     (void)rule;
-    if (n != 36) return -1;
-    for (int k = 0; k < 36; k++) {
-        unsigned char c = p[k];
-        if (k == 8 || k == 13 || k == 18 || k == 23) {
-            if (c != '-') return -1;
-        } else {
-            if (c >= 'A' && c <= 'F') c += 'a' - 'A';
-            if (hex_value(c) < 0) return -1;
-        }
-        out[k] = c;
-    }
+    if (!is_uuid(p, n)) return -1;
+    for (int k = 0; k < 36; k++) out[k] = p[k] >= 'A' && p[k] <= 'F' ? p[k] + ('a' - 'A') : p[k];
     return 36;
 }
 
