@@ -143,7 +143,7 @@ static int64_t canonical_numeric(const unsigned char *p, int64_t n, const struct
 /* A uuid (8-4-4-4-12 hex digits, either case) in lower case (room: 0); -1 if it is not of the shape. */
 static int64_t canonical_uuid(const unsigned char *p, int64_t n, const struct rule *rule, unsigned char *out) {
     (void)rule;
-    if (!is_uuid(p, n)) return -1;
+    if (!read_uuid(p, n, NULL)) return -1;
     for (int k = 0; k < 36; k++) out[k] = p[k] >= 'A' && p[k] <= 'F' ? p[k] + ('a' - 'A') : p[k];
     return 36;
 }
