@@ -21,6 +21,10 @@ from typing import Annotated, Any
 # before numpy is imported: its OpenBLAS would start a thread per core that keeps waking beside polars'
 # threads and the workers (~5% of parity's CPU), and no command multiplies matrices
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# before polars is imported: its jemalloc keeps each arena's freed pages for reuse, and its default of four
+# arenas a core left a 1M-row first load's peak ~25 MB higher than one a core (276-281 MB against 249-256,
+# at the same speed): the steps must stay under 300 MB
+os.environ.setdefault("_RJEM_MALLOC_CONF", f"narenas:{os.cpu_count() or 1}")
 
 import typer
 

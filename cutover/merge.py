@@ -82,15 +82,16 @@ def empty_for_freeze(spec: TableSpec) -> sql.Composed:
     return sql.SQL("truncate only {}").format(target(spec))
 
 
-def copy_into_target(spec: TableSpec, *, freeze: bool) -> sql.Composed:
+def copy_into_target(spec: TableSpec, *, freeze: bool, binary: bool = False) -> sql.Composed:
     """The first load of an empty table, straight in (see ``cutover.sync.load_into_empty_target``).
     ``freeze`` when the table was emptied in the load's own savepoint (``empty_for_freeze``): rows land
     frozen, so that the first reader (a parity, a diff) does not write every page again to set their
     hint bits — under data checksums (initdb's default since PostgreSQL 18) each such page costs 8 KB of
-    WAL, the table's whole size — and vacuum need not freeze them."""
+    WAL, the table's whole size — and vacuum need not freeze them. ``binary``: the rows come in binary
+    COPY format (``cutover.copy_binary``), else as CSV."""
     cols = sql.SQL(", ").join(ident(c) for c in spec.column_names)
-    return sql.SQL("copy {} ({}) from stdin (format csv{})").format(target(spec), cols,
-                                                                   sql.SQL(", freeze" if freeze else ""))
+    options = ", ".join(["format binary" if binary else "format csv", *(["freeze"] if freeze else [])])
+    return sql.SQL("copy {} ({}) from stdin ({})").format(target(spec), cols, sql.SQL(options))
 
 
 def key_constraints(spec: TableSpec) -> sql.Composed:

@@ -34,9 +34,10 @@ import psycopg
 import polars as pl
 from psycopg import errors as pgerr
 
-from cutover import bootstrap, csvscan, delta, merge, state
+from cutover import bootstrap, copy_binary, csvscan, delta, merge, state
 from cutover.batches import as_strings, copy_staged, csv_bytes, index_batch, parse_batch, read_bytes, stored_value
 from cutover.coerce import coerce_noting_rewrites
+from cutover.copy_runs import CopyRuns
 from cutover.commit import find_baseline, finish, keep_baseline, lock_for_merge, refuse_mass_delete
 from cutover.pipeline import in_order
 from cutover.db import Database
@@ -144,9 +145,11 @@ class _NeedsStaging(Exception):
 
 def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: Iterable[csvscan.Batch], workers: int,
                      seeds: tuple[int, int] | None = None):
-    """(batch, COPY bytes, rows typed, rejects, rows read, record hashes) in file order (see
-    ``cutover.pipeline``); the records hashed by bytes (``delta.record_rows``) with ``seeds``, if any."""
+    """(batch, COPY data, whether it is binary, rows typed, rejects, rows read, record hashes) in file order
+    (see ``cutover.pipeline``); the records hashed by bytes (``delta.record_rows``) with ``seeds``, if any.
+    The rows go in binary COPY format where the kernel is built and reads every value, else as CSV."""
     in_spec_order = tuple(header.names) == plan.spec.column_names
+    layout = copy_binary.Layout.of(plan.spec) if copy_binary.available() else None
 
     def parse(batch: csvscan.Batch):
         buf = read_bytes(plan, batch)
@@ -156,11 +159,18 @@ def _parsed_in_order(plan: SyncPlan, header: csvscan.Header, batches: Iterable[c
         typed, rejects, rewritten = coerce_noting_rewrites(raw, plan.spec, lines, nul=nul)
         if ragged.height:
             rejects = pl.concat([rejects, ragged])
+        rejects = rejects.with_columns(stored_value("value")) if rejects.height else rejects
+        if layout is not None:  # binary, not the batch's own bytes: the server parses it for half the work
+            size = len(buf)
+            del buf, verbatim, raw  # not sent: freed before the binary is built (peak memory)
+            tuples = copy_binary.encode(typed.select(plan.spec.column_names), layout, size)
+            if tuples is not None:
+                return batch, tuples, True, typed.height, rejects, read, records
+            return batch, csv_bytes(typed.drop("_line")), False, typed.height, rejects, read, records
         if (verbatim is not None and not rejects.height and not rewritten and in_spec_order
                 and _no_end_marker(verbatim)):  # COPY reads the batch's own bytes as we did: no re-encoding
-            return batch, verbatim, typed.height, rejects, read, records
-        return (batch, csv_bytes(typed.drop("_line")), typed.height, rejects.with_columns(stored_value("value")), read,
-                records)
+            return batch, verbatim, False, typed.height, rejects, read, records
+        return batch, csv_bytes(typed.drop("_line")), False, typed.height, rejects, read, records
 
     return in_order(parse, batches, workers)
 
@@ -215,11 +225,11 @@ def load_into_empty_target(db: Database, plan: SyncPlan, scan: csvscan.ScanStrea
                     if freeze:
                         conn.execute(merge.empty_for_freeze(spec))
                     with conn.cursor() as cur:
-                        with cur.copy(merge.copy_into_target(spec, freeze=freeze)) as cp:
-                            for batch, rows, staged, rejects, n, records in _parsed_in_order(
+                        with CopyRuns(cur, lambda as_binary: merge.copy_into_target(spec, freeze=freeze,
+                                                                                     binary=as_binary)) as copy:
+                            for batch, data, binary, staged, rejects, n, records in _parsed_in_order(
                                     plan, scan.header, scan.batches(), workers, keeper.seeds if keeper else None):
-                                for i in range(0, len(rows), 1 << 20):
-                                    cp.write(rows[i:i + (1 << 20)])
+                                copy.write(data, binary=binary)
                                 if keeper:
                                     keeper.add(records, batch.end - batch.start)
                                 if rejects.height:

@@ -496,10 +496,21 @@ def test_a_csv_replaced_during_the_sync_does_not_shift_under_its_batches(db, set
     assert not list(tmp_path.glob(".leads.csv.*"))
 
 
-def test_a_first_load_sending_batches_as_written_matches_the_staged_load(db, settings, specs, tmp_path, sql):
-    """Batches that need no rewrite go to COPY as the file has them; the table must be what the staged
-    path (which re-encodes every row) makes of the same file."""
-    from cutover import baseline
+@pytest.mark.parametrize("sent", ["binary", "as written", "binary and text by turns"])
+def test_a_first_load_sending_batches_as_written_matches_the_staged_load(db, settings, specs, tmp_path, sql,
+                                                                          monkeypatch, sent):
+    """The first load sends batches in binary COPY format; without the binary kernel, batches that need no
+    rewrite go as the file has them; a batch the kernel cannot read goes as CSV, in a COPY of its own. The
+    table must be what the staged path (which re-encodes every row as CSV) makes of the same file."""
+    import itertools
+
+    from cutover import baseline, copy_binary
+
+    if sent == "as written":
+        monkeypatch.setattr(copy_binary, "available", lambda: False)
+    elif sent == "binary and text by turns":
+        encode, calls = copy_binary.encode, itertools.count()
+        monkeypatch.setattr(copy_binary, "encode", lambda *a: encode(*a) if next(calls) % 2 else None)
 
     rows = [lead(i, notes=text, budget=budget, updated_at=stamp) for i, (text, budget, stamp) in enumerate([
         ("a\n\\.\nb", "1.500", "2025-03-02T11:30:00.5+05:30"),  # COPY's end marker on a line of a quoted value
