@@ -281,7 +281,8 @@ def parity(
             plan = validation.plan_validation(
                 spec, specs, csv_path, rejects_dir=settings.rejects_dir,
                 batch_bytes=settings.batch_bytes, suites_dir=settings.expectations_dir,
-                reports_dir=settings.reports_dir, actor="cli", keep_csv_digests=settings.keep_csv_digests)
+                reports_dir=settings.reports_dir, actor="cli", keep_csv_digests=settings.keep_csv_digests,
+                suites=False)
             result = validation.parity_only(db, plan, workers=settings.workers, ahead=ahead)
         _emit(result, as_json, f"{table}: {'exact' if result['passed'] else 'DIFFERENT'} — "
               + ", ".join(f"{k} {result[k]}" for k in ("missing_in_target", "extra_in_target", "changed",

