@@ -234,13 +234,11 @@ stay in the CPU's cache (row by row, the reads of ~17 columns at once missed it:
 scales[c] and at most wholes[c] significant digits before the point (see above), or is written as is.
 key_column, bucket_kind, bucket_bits: the key's column and how its bucket is worked out, into buckets.
 mask_group[c], mask_bit[c]: where column c's NULL flag goes (group -1: never NULL). untrusted: when not
-NULL, flags each row whose text holds more separators than it joins fields (a value holds one). counted:
-when not NULL, how many times the byte count_byte appears in all rows' texts. */
+NULL, flags each row whose text holds more separators than it joins fields (a value holds one). */
 int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **streams, const int32_t *kinds,
                 const int32_t *scales, const int32_t *wholes, int32_t key_column, int32_t bucket_kind,
                 int32_t bucket_bits, const int32_t *mask_group, const int32_t *mask_bit, int32_t n_masks,
-                md5_fn md5, int64_t *buckets, uint64_t *x0, uint64_t *x1, uint8_t *untrusted, int32_t count_byte,
-                int64_t *counted) {
+                md5_fn md5, int64_t *buckets, uint64_t *x0, uint64_t *x1, uint8_t *untrusted) {
     if (n_columns < 1 || n_columns > MAX_COLUMNS || n_masks < 0 || n_masks > MAX_COLUMNS || key_column < 0
         || key_column >= n_columns || bucket_bits < 1 || bucket_bits > 16)
         return E_COLUMNS;
@@ -249,7 +247,7 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
     size_t start[TILE + 1], at[TILE], key_at[TILE], key_length[TILE], cap = 1 << 18;
     int64_t fields[TILE];
     unsigned char *text = malloc(cap);
-    int64_t result = rows, opened = 0, count = 0;
+    int64_t result = rows, opened = 0;
     if (cols == NULL || masks == NULL || text == NULL) { result = E_MEMORY; goto done; }
     for (; opened < n_columns; opened++) {
         int err = open_column(streams[opened], rows, &cols[opened]);
@@ -313,7 +311,7 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
                 text[at[k]++] = SEPARATOR;
             }
         }
-        /* 3. the bitmasks, the digests and the counts, row by row */
+        /* 3. the bitmasks, the digests and the separator checks, row by row */
         for (int64_t k = 0; k < m; k++) {
             for (int32_t g = 0; g < n_masks; g++) {
                 at[k] += write_int(text + at[k], masks[k * n_masks + g]);
@@ -328,10 +326,8 @@ int64_t row_md5(int64_t rows, int32_t n_columns, struct ArrowArrayStream **strea
             buckets[t + k] = bucket_of(text + key_at[k], key_length[k], bucket_kind, bucket_bits, md5);
             if (buckets[t + k] < 0) { result = E_VALUE; goto done; }
             if (untrusted != NULL) untrusted[t + k] = occurrences(row, len, SEPARATOR) != fields[k] - 1;
-            if (counted != NULL) count += occurrences(row, len, (unsigned char)count_byte);
         }
     }
-    if (counted != NULL) *counted = count;
 done:
     for (int64_t c = 0; c < opened; c++) {
         cols[c].array.release(&cols[c].array);

@@ -83,29 +83,6 @@ def cut(buf: bytes, idx: csvscan.RecordIndex, which: np.ndarray) -> bytes:
                     for s, t in zip(idx.starts[which].tolist(), idx.stops[which].tolist()))
 
 
-def read_unchecked(plan: SyncPlan, header: csvscan.Header, buf: bytes, batch: csvscan.Batch) -> RawBatch | None:
-    """``read_raw`` of the bytes ``buf`` of ``batch``, assuming that each record has the header's number of
-    fields, which is not checked (most of numpy's index's cost; little of the C reader's). None when polars finds a
-    record with more fields. The caller checks that none has fewer (``fields_match_header``) before
-    trusting the result, and otherwise reads the batch by ``read_raw``."""
-    if not buf.endswith(b"\n"):  # polars drops a last record's extra fields when no line feed ends it
-        return None
-    idx = index_batch(plan, buf, batch.first_line, count_fields=False)
-    idx = dataclasses.replace(idx, fields=np.where(idx.blank, 0, len(header.names)))
-    try:
-        return as_strings(plan, header, buf, idx)
-    except pl.exceptions.PolarsError:  # "found more fields than defined in 'Schema'", on any record
-        return None
-
-
-def fields_match_header(buf: bytes, rb: RawBatch, commas_in_values: int) -> bool:
-    """Whether every record of ``rb`` (``read_unchecked``) has the header's number of fields, given the
-    number of commas inside its values. A record's fields are one more than its commas outside quotes,
-    and none has more than the header's (polars would have refused it), so the total says it."""
-    commas = int(np.count_nonzero(np.frombuffer(buf, dtype=np.uint8) == ord(",")))
-    return commas - commas_in_values == rb.read * (len(rb.raw.columns) - 1)
-
-
 def read_cut(plan: SyncPlan, header: csvscan.Header, text: bytes, lines: np.ndarray) -> RawBatch:
     """Records ``cut`` from batches (none blank), with their source lines, as strings: ``read_raw`` of a
     batch that held just them."""

@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-import polars as pl
 import psycopg
 
 from cutover import batches, csvscan, digest_memo, digests, merge, parity, row_md5, table_digests
@@ -54,58 +53,32 @@ def _typed(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch):
     return typed, rejects, read, _separator_free(verbatim)
 
 
-def _batch_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch) -> tuple[digests.Sums, SourceCounts]:
-    buf = batches.read_bytes(plan, batch)
-    return _unchecked_sums(plan, fscan, batch, buf) or _checked_sums(plan, fscan, batch, buf)
-
-
-def _summed(plan: SyncPlan, rb: batches.RawBatch, *,
-            count: str | None = None) -> tuple[digests.Sums, SourceCounts, pl.DataFrame, int]:
-    """A batch read as strings, typed by the loader's code and summed: (sums, counts, rejects, how many
-    times ``count`` appears in the typed rows' texts). Where the C kernel is built, it checks the uuids'
-    and numerics' shapes itself, in its one pass, and the typing does not (a batch with one it refuses is
-    typed again by every rule)."""
+def _batch_sums(plan: SyncPlan, header: csvscan.Header, batch: csvscan.Batch) -> tuple[digests.Sums, SourceCounts]:
+    """A batch read as strings (its records' fields counted by the C reader, as the loader counts them),
+    typed by the loader's code and summed. Where the C kernel is built, it checks the uuids' and numerics'
+    shapes itself, in its one pass, and the typing does not (a batch with one it refuses is typed again
+    by every rule)."""
+    rb = batches.read_raw(plan, header, batch)
     free = _separator_free(rb.verbatim)
     for unchecked in (True, False) if row_md5.available() else (False,):
         typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul,
                                            instants=digests.needs_instants(), unchecked_shapes=unchecked)
         sums = digests.Sums.empty()
-        found = digests.source_sums(typed, plan.spec, into=sums, separator_free=free, count=count, unchecked=unchecked)
-        if found is not None:
+        if digests.source_sums(typed, plan.spec, into=sums, separator_free=free, unchecked=unchecked):
             break
-    return sums, SourceCounts(rb.read, typed.height, rejects.height), rejects, found
-
-
-def _checked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch,
-                  buf: bytes) -> tuple[digests.Sums, SourceCounts]:
-    sums, counts, _, _ = _summed(plan, batches.read_raw(plan, fscan.header, batch, buf))
-    return sums, counts
-
-
-def _unchecked_sums(plan: SyncPlan, fscan: csvscan.FileScan, batch: csvscan.Batch,
-                    buf: bytes) -> tuple[digests.Sums, SourceCounts] | None:
-    """``_checked_sums``, the records' fields counted after the fact from the commas of their values
-    (``batches.read_unchecked``): at 1M rows, ~0.5 s less CPU. None if a record has the wrong number of
-    fields: ``_checked_sums`` then reads the batch again and rejects it, as the loader does."""
-    rb = batches.read_unchecked(plan, fscan.header, buf, batch)
-    if rb is None:
-        return None
-    sums, counts, rejects, commas = _summed(plan, rb, count=",")
-    if rejects.height:  # their values, as read: a rejected one may hold a comma whatever its type
-        of_rejects = rb.raw.filter(rb.lines.is_in(rejects["line"].implode()))
-        commas += of_rejects.select(pl.sum_horizontal(pl.all().str.count_matches(",", literal=True))).sum().item() or 0
-    return (sums, counts) if batches.fields_match_header(buf, rb, commas) else None
+    return sums, SourceCounts(rb.read, typed.height, rejects.height)
 
 
 def _separator_free(verbatim: bytes | None) -> bool:
     return verbatim is not None and digests.SEPARATOR.encode() not in verbatim
 
 
-def csv_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
+def csv_sums(plan: SyncPlan, scan: csvscan.ScanStream, workers: int) -> tuple[digests.Sums, SourceCounts]:
     """Pass 1 over the CSV: its bucket sums and counts; nothing is written. Each worker sums its own
-    batch, so that a batch's typed rows die in the worker (fewer batches alive at once)."""
+    batch, so that a batch's typed rows die in the worker (fewer batches alive at once); batches are
+    summed as the scan finds them."""
     sums, read, loaded, rejected = digests.Sums.empty(), 0, 0, 0
-    for part, counts in as_done(lambda batch: _batch_sums(plan, fscan, batch), fscan.batches, workers):
+    for part, counts in as_done(lambda batch: _batch_sums(plan, scan.header, batch), scan.batches(), workers):
         sums.fold(part)
         read, loaded, rejected = read + counts.read, loaded + counts.loaded, rejected + counts.rejected
     return sums, SourceCounts(read, loaded, rejected)
@@ -119,9 +92,10 @@ def kept_sums(plan: SyncPlan, fscan: csvscan.FileScan) -> tuple[digests.Sums, So
     return None if kept is None else (kept[0], SourceCounts(**kept[1]))
 
 
-def read_sums(plan: SyncPlan, fscan: csvscan.FileScan, workers: int) -> tuple[digests.Sums, SourceCounts]:
+def read_sums(plan: SyncPlan, scan: csvscan.ScanStream, workers: int) -> tuple[digests.Sums, SourceCounts]:
     """``csv_sums``, kept for these bytes when the plan keeps them."""
-    sums, counts = csv_sums(plan, fscan, workers)
+    sums, counts = csv_sums(plan, scan, workers)
+    fscan = scan.finish()
     if plan.csv_digests is not None:
         digest_memo.keep(plan.csv_digests, fscan.sha256, digest_memo.rules(plan.spec), sums, read=counts.read,
                          loaded=counts.loaded, rejected=counts.rejected, size=fscan.size)
@@ -150,16 +124,16 @@ def target_sums(conn: psycopg.Connection, plan: SyncPlan, *, parallel: bool = Tr
     return digests.target_sums(table_digests.aggregate(conn, query, parallel=parallel))
 
 
-def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan], workers: int, *,
+def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.ScanStream], workers: int, *,
                csv_after: Callable[[], None] | None = None, locate: bool = True,
                ahead: TotalsAhead | None = None) -> tuple[np.ndarray, SourceCounts, int]:
     """Step 1, in ``conn``'s transaction: (the buckets to compare row by row, the CSV's counts, the
     table's row count). No suspect and no reject: the CSV's typed rows are exactly the table's.
 
-    The table is summed whole from the start, while ``scan`` gives the file's scan (scanning it, if not
-    done yet); the CSV is read once ``csv_after`` returns (a caller busy with Python-bound work — an
-    import — lets the database work alone first). The CSV is not read when its sums are kept
-    (``kept_sums``). One server process sums the table beside the CSV's read: parallel workers would
+    The table is summed whole from the start, while ``scan`` gives the file's scan; the CSV is read once
+    ``csv_after`` returns (a caller busy with Python-bound work — an import — lets the database work alone
+    first), its batches summed as the scan finds them. The CSV is not read when its sums are kept
+    (``kept_sums``): where they may be, the whole file is scanned first, for its SHA-256 names them. One server process sums the table beside the CSV's read: parallel workers would
     take the cores from it (at 1M rows, 0.5 s slower in all); all of them, when it may not be read.
     ``ahead``: the table's totals were started before (``cutover.totals_ahead``); they are used if they
     agree with the CSV's — the CSV then equals the table as of their snapshot. Otherwise the table is
@@ -174,11 +148,11 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvs
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-target-sums") as side:
         table = None if ahead is not None else side.submit(
             table_digests.totals, conn, plan.spec, parallel=csv_after is None and may_be_kept(plan))
-        fscan = scan()
-        kept = kept_sums(plan, fscan)
+        stream = scan()
+        kept = kept_sums(plan, stream.finish()) if may_be_kept(plan) else None
         if kept is None and csv_after is not None:
             csv_after()
-        source, counts = kept or read_sums(plan, fscan, workers)
+        source, counts = kept or read_sums(plan, stream, workers)
         totals = ahead.result() if table is None else table.result()
     if source.totals() == totals:
         suspects = np.flatnonzero(source.untrusted)
@@ -195,7 +169,7 @@ def exact(counts: SourceCounts, target_rows: int) -> parity.Parity:
                          extra_in_target=0, changed=0, rejected_in_source=0)
 
 
-def compare(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.FileScan],
+def compare(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan.ScanStream],
             workers: int, *, ahead: TotalsAhead | None = None) -> tuple[parity.Parity, SourceCounts]:
     """Parity of the run's CSV (``plan``: a validate run's ``SyncPlan``; ``scan``, ``ahead``: see
     ``first_pass``) and its table, in ``conn``'s transaction, which must be repeatable read
@@ -205,7 +179,7 @@ def compare(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvscan
         return exact(counts, target_rows), counts
     # every bucket (a change spread over the file): both sides whole, without a filter on each row's bucket
     buckets = None if len(suspects) == digests.BUCKETS else suspects
-    stage_suspects(conn, plan, scan(), buckets, workers)
+    stage_suspects(conn, plan, scan().finish(), buckets, workers)
     found = parity.compare(conn, plan.spec, plan.staging, plan.run_id,
                            buckets=None if buckets is None else buckets.tolist())
     return replace(found, source_rows=counts.loaded, target_rows=target_rows), counts

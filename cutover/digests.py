@@ -190,35 +190,33 @@ def _kernel_input(spec: TableSpec, parsed: bool) -> tuple[tuple[pl.Expr, ...], r
 
 
 def source_sums(typed: pl.DataFrame, spec: TableSpec, into: Sums, *, separator_free: bool = False,
-                count: str | None = None, kernel: bool = True, unchecked: bool = False) -> int | None:
-    """Fold a batch of typed rows (columns in spec order; others ignored) into ``into``.
-    ``separator_free``: the caller knows no value holds the separator (its bytes do not). Returns how
-    many times the character ``count`` appears in the rows' texts, when asked: a punctuation mark
-    other than ``-``, ``.`` and ``:`` can only come from a text value (see the canonical text).
+                kernel: bool = True, unchecked: bool = False) -> bool:
+    """Fold a batch of typed rows (columns in spec order; others ignored) into ``into``; True once folded.
+    ``separator_free``: the caller knows no value holds the separator (its bytes do not).
     ``kernel`` False: polars' expressions even where the C kernel is built (tests compare the two).
     ``unchecked``: the rows were typed without their uuids' and numerics' shapes checked
-    (``cutover.coerce``'s ``unchecked_shapes``), which the kernel checks: None, and nothing folded, if
+    (``cutover.coerce``'s ``unchecked_shapes``), which the kernel checks: False, and nothing folded, if
     one would have been rejected (the caller types the batch again by every rule)."""
     if typed.height == 0:
-        return 0
+        return True
     parsed = all(instant_column(c.name) in typed.columns for c in spec.columns if c.type == "timestamptz")
-    use_kernel = kernel and row_md5.available() and (count is None or (len(count) == 1 and count.isascii()))
+    use_kernel = kernel and row_md5.available()
     if unchecked and not use_kernel:
         raise ValueError("rows typed without their shapes checked need the C kernel to check them")
     if use_kernel:
         fields, layout = _kernel_input(spec, parsed)
-        found = row_md5.digest(typed.select(fields), layout, check_separators=not separator_free, count=count)
+        found = row_md5.digest(typed.select(fields), layout, check_separators=not separator_free)
         if found is not None:  # else a value of a shape it does not read: polars reads them all
             into.add_rows(found.bucket, found.x0, found.x1, found.untrusted)
-            return found.counted
+            return True
         if unchecked:
-            return None
+            return False
     canonical, digested, halves = _summing(spec, parsed, separator_free)
     rows = typed.select(canonical)
     # folded by numpy, not grouped by polars: a third of the time on a batch's ~15,000 rows
     summed = rows.select(digested).select(halves)
     into.add_rows(*(summed[c].to_numpy() for c in ("bucket", "x0", "x1", "untrusted")))
-    return rows["_row"].str.count_matches(count, literal=True).sum() if count else 0
+    return True
 
 
 def in_buckets(typed: pl.DataFrame, spec: TableSpec, buckets: np.ndarray) -> pl.DataFrame:

@@ -4,7 +4,7 @@ Contract: ``digest(fields, layout, ...)`` gives, for each row of ``fields`` (the
 ``cutover.digests``' canonical text, in spec order: texts as polars strings; timestamps as Int64
 microseconds, or as the loader's text, which the kernel reads itself; numerics and uuids as written, which
 it checks as the loader does and writes as PostgreSQL prints them), the same two 64-bit halves of the MD5
-of the same text, and the same bucket, separator check and character count, that ``digests``' polars
+of the same text, and the same bucket and separator check, that ``digests``' polars
 expressions give for the loader's typed rows. A value of a shape the kernel does not read, or one the
 loader would reject, makes it give None: the caller then types by every rule, or uses polars.
 ``tests/test_row_md5.py`` holds the two equal. It takes polars' columns without a copy and computes no hex: a
@@ -63,13 +63,12 @@ class Layout:
 @dataclass(frozen=True)
 class Digests:
     """Per row: its key's bucket, the MD5's halves (``x0``, ``x1``) and whether the row is untrusted
-    (None: not asked); how many times the character counted appears in all texts."""
+    (None: not asked)."""
 
     bucket: np.ndarray
     x0: np.ndarray
     x1: np.ndarray
     untrusted: np.ndarray | None
-    counted: int
 
 
 def _md5_address() -> int | None:
@@ -97,7 +96,7 @@ def _kernel() -> tuple[ctypes._CFuncPtr, int, ctypes._CFuncPtr] | None:
     fn = ctypes.CDLL(str(built)).row_md5
     fn.restype = ctypes.c_int64
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [i64, i32, ptr, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr]
+    fn.argtypes = [i64, i32, ptr, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr]
     capsule = ctypes.pythonapi.PyCapsule_GetPointer
     capsule.restype, capsule.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     return fn, md5, capsule
@@ -107,18 +106,15 @@ def available() -> bool:
     return _kernel() is not None
 
 
-def digest(fields: pl.DataFrame, layout: Layout, *, check_separators: bool,
-           count: str | None = None) -> Digests | None:
+def digest(fields: pl.DataFrame, layout: Layout, *, check_separators: bool) -> Digests | None:
     """``fields``' rows digested, as ``layout`` says. ``check_separators``: flag rows whose values hold the
-    separator; ``count``: one ASCII character to count in the texts. None: a value the kernel does not
+    separator. None: a value the kernel does not
     read or the loader would reject (a timestamp, numeric or uuid of another shape, a numeric past the column's
     precision). Needs ``available()``."""
     kernel = _kernel()
     if kernel is None:
         raise KernelError("the row digest kernel is not built")
     fn, md5, capsule = kernel
-    if count is not None and (len(count) != 1 or not count.isascii()):
-        raise ValueError(f"can count one ASCII character, not {count!r}")
     fields = fields.rechunk()
     rows, n = fields.height, fields.width
     if not n == len(layout.kinds) == len(layout.scales) == len(layout.wholes) == len(layout.mask_slots):
@@ -129,14 +125,12 @@ def digest(fields: pl.DataFrame, layout: Layout, *, check_separators: bool,
     group, bit = (np.array(column, np.int32) for column in zip(*layout.mask_slots))
     bucket, x0, x1 = np.empty(rows, np.int64), np.empty(rows, np.uint64), np.empty(rows, np.uint64)
     untrusted = np.empty(rows, np.uint8) if check_separators else None
-    counted = ctypes.c_int64(0)
     done = fn(rows, n, pointers, kinds.ctypes.data, scales.ctypes.data, wholes.ctypes.data, layout.key_column,
               0 if layout.uuid_key else 1, layout.bucket_bits, group.ctypes.data, bit.ctypes.data, layout.n_masks,
               md5, bucket.ctypes.data, x0.ctypes.data, x1.ctypes.data,
-              None if untrusted is None else untrusted.ctypes.data, ord(count) if count else 0,
-              ctypes.byref(counted) if count else None)
+              None if untrusted is None else untrusted.ctypes.data)
     if done == UNREAD_VALUE:
         return None
     if done != rows:
         raise KernelError(f"row digest kernel: {ERRORS.get(done, f'code {done}')}")
-    return Digests(bucket, x0, x1, None if untrusted is None else untrusted.view(bool), counted.value)
+    return Digests(bucket, x0, x1, None if untrusted is None else untrusted.view(bool))

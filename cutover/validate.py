@@ -220,7 +220,7 @@ def digests_match(db: Database, plan: ValidationPlan, fscan: csvscan.FileScan,
     with _alive(db, plan):
         # GX's import (seconds holding Python's lock) goes beside the table's sums, not the CSV's
         suspects, counts, _ = db.run(
-            lambda conn: digest_parity.first_pass(conn, stg, lambda: fscan, csv_workers,
+            lambda conn: digest_parity.first_pass(conn, stg, lambda: csvscan.ScanStream.of(fscan), csv_workers,
                                                   csv_after=gx_runner.wait_warm, locate=False),
             what=f"digests of {plan.spec.name}", snapshot=True)
     if len(suspects) or counts.rejected:
@@ -288,13 +288,13 @@ def parity_only(db: Database, plan: ValidationPlan, *, workers: int = 2, ahead: 
     stg = plan.staging
     try:
         sync.begin(db, stg, kind="validate")
-        scanned = functools.cache(lambda: sync.scan(stg))  # scanned while PostgreSQL sums the table
+        scanned = functools.cache(lambda: sync.scan_stream(stg))  # scanned while PostgreSQL sums the table
         with _alive(db, plan):
             result, counts = db.run(lambda conn: digest_parity.compare(conn, stg, scanned, workers, ahead=ahead),
                                     what=f"parity of {plan.spec.name}", snapshot=True)
 
         def end(conn) -> None:
-            _record_source(conn, plan, scanned(), counts)
+            _record_source(conn, plan, scanned().finish(), counts)
             _end_staging(conn, plan)
 
         db.run(end, what=f"finish parity of {plan.spec.name}")

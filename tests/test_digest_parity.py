@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from cutover import batches, digest_parity, digests, parity, sync as engine, table_digests, validate as validation
+from cutover import batches, csvscan, digest_parity, digests, parity, sync as engine, table_digests, validate as validation
 from cutover.totals_ahead import TotalsAhead
 from tests.conftest import CORPUS
 from tests.csvdata import AGENT, OTHER_AGENT, approval, lead, write_csv
@@ -61,7 +61,7 @@ def _suspects(db, settings, specs, table="leads"):
     plan = _plan(settings, specs, table).staging
     fscan = engine.scan(plan)
     try:
-        source, _ = digest_parity.csv_sums(plan, fscan, workers=1)
+        source, _ = digest_parity.csv_sums(plan, csvscan.ScanStream.of(fscan), workers=1)
         target = db.run(lambda conn: digest_parity.target_sums(conn, plan))
         return digests.suspects(source, target)
     finally:
@@ -226,7 +226,8 @@ def test_batches_summed_apart_fold_into_the_tables_sums(db, settings, specs):
                                       suites_dir=settings.expectations_dir, reports_dir=settings.reports_dir).staging
     fscan = engine.scan(plan)
     try:
-        apart = {workers: digest_parity.csv_sums(plan, fscan, workers) for workers in (1, 2, 3)}
+        apart = {workers: digest_parity.csv_sums(plan, csvscan.ScanStream.of(fscan), workers)
+                 for workers in (1, 2, 3)}
         target = db.run(lambda conn: digest_parity.target_sums(conn, plan))
         assert len(list(fscan.batches)) > 20
     finally:
@@ -236,51 +237,42 @@ def test_batches_summed_apart_fold_into_the_tables_sums(db, settings, specs):
         assert len(digests.suspects(sums, target)) == 0 and sums.total == target.total == 400
 
 
-def _batch_sums_both_ways(settings, specs):
-    """Each batch of the table's CSV summed as parity sums it (fields counted after the fact) and
-    field by field."""
+def _batch_sums(settings, specs):
+    """Each batch of the table's CSV summed as parity sums it."""
     plan = _plan(settings, specs, "leads").staging
     fscan = engine.scan(plan)
     try:
-        return [(digest_parity._unchecked_sums(plan, fscan, b, buf), digest_parity._checked_sums(plan, fscan, b, buf))
-                for b in fscan.batches for buf in [batches.read_bytes(plan, b)]]
+        return [digest_parity._batch_sums(plan, fscan.header, b) for b in fscan.batches]
     finally:
         engine.drop_snapshot(plan)
-
-
-def _same(a, b) -> bool:
-    return a[1] == b[1] and a[0].totals() == b[0].totals() and (a[0].untrusted == b[0].untrusted).all()
 
 
 def test_records_with_the_wrong_number_of_fields_are_rejected_as_the_loader_does(db, settings, specs):
     rows = [lead(i, notes="a, b, and c" if i % 3 else None, street="1 Main St, Apt 2") for i in range(40)]
     write_csv(settings.csv_path("leads"), rows)
     _sync(db, settings, specs)
-    # rejected values holding commas, in several types: counted apart from the typed rows' texts
-    rows[7] = lead(7, budget="1,000", notes="x,y")
+    rows[7] = lead(7, budget="1,000", notes="x,y")  # rejected values holding commas, in several types
     rows[8] = lead(8, created_at="2025-01-01, noon")
     write_csv(settings.csv_path("leads"), rows)
-    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
-    assert unchecked is not None and _same(unchecked, checked) and checked[1].rejected == 2
-    assert _both(db, settings, specs)["rejected_in_source"] == 2
+    [(_, counts)] = _batch_sums(settings, specs)
+    assert counts.rejected == 2 and _both(db, settings, specs)["rejected_in_source"] == 2
 
     text = settings.csv_path("leads").read_text().splitlines(keepends=True)
     # one record a field short and one a field long: the batch's commas add up as if both were right
     text[4] = text[4].rstrip("\n").rsplit(",", 1)[0] + "\n"
     text[10] = text[10].rstrip("\n") + ",extra\n"
     settings.csv_path("leads").write_text("".join(text))
-    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
-    assert unchecked is None and checked[1].rejected == 4
-    # one field short alone: the commas do not add up
-    del text[10]
+    [(_, counts)] = _batch_sums(settings, specs)
+    assert counts.rejected == 4
+    del text[10]  # one field short alone
     settings.csv_path("leads").write_text("".join(text))
-    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
-    assert unchecked is None and checked[1].rejected == 3
+    [(_, counts)] = _batch_sums(settings, specs)
+    assert counts.rejected == 3
     # and a field long in a last record that no line feed ends, which polars would truncate unasked
     text[-1] = text[-1].rstrip("\n") + ","
     settings.csv_path("leads").write_text("".join(text))
-    [(unchecked, checked)] = _batch_sums_both_ways(settings, specs)
-    assert unchecked is None and checked[1].rejected == 4
+    [(_, counts)] = _batch_sums(settings, specs)
+    assert counts.rejected == 4
     result = _both(db, settings, specs)
     assert result["rejected_in_source"] == 4 and not result["passed"]
 
@@ -290,16 +282,21 @@ LOADABLE = sorted(name for name, case in json.loads((CORPUS / "manifest.json").r
 
 
 @pytest.mark.parametrize("name", LOADABLE)
-def test_every_loadable_corpus_file_sums_alike_whether_fields_are_counted_first_or_after(name, settings, specs):
+def test_every_loadable_corpus_file_sums_as_polars_sums_its_typed_rows(name, settings, specs):
+    """Parity's batch sums (shapes left to the C kernel, which digests) against the loader's typing by every
+    rule and polars' digests, batch by batch."""
     table = json.loads((CORPUS / "manifest.json").read_text())["files"][name]["table"]
     plan = _plan(settings, specs, table, CORPUS / name).staging
     fscan = engine.scan(plan)
     try:
         for b in fscan.batches:
-            buf = batches.read_bytes(plan, b)
-            unchecked, checked = digest_parity._unchecked_sums(plan, fscan, b, buf), \
-                digest_parity._checked_sums(plan, fscan, b, buf)
-            assert unchecked is None if name == "leads_ragged.csv" else _same(unchecked, checked)
+            sums, counts = digest_parity._batch_sums(plan, fscan.header, b)
+            rb = batches.read_raw(plan, fscan.header, b)
+            typed, rejects = batches.type_rows(plan, rb.raw, rb.lines, rb.ragged, nul=rb.nul)
+            expected = digests.Sums.empty()
+            assert digests.source_sums(typed, plan.spec, expected, kernel=False)
+            assert counts == digest_parity.SourceCounts(rb.read, typed.height, rejects.height)
+            assert sums.totals() == expected.totals() and (sums.untrusted == expected.untrusted).all()
     finally:
         engine.drop_snapshot(plan)
 
@@ -459,7 +456,7 @@ def test_the_tables_totals_are_its_buckets_folded(db, settings, specs, sql):
     plan = _plan(settings, specs, "leads").staging
     fscan = engine.scan(plan)
     try:
-        source, _ = digest_parity.csv_sums(plan, fscan, workers=2)
+        source, _ = digest_parity.csv_sums(plan, csvscan.ScanStream.of(fscan), workers=2)
     finally:
         engine.drop_snapshot(plan)
     buckets = db.run(lambda conn: digest_parity.target_sums(conn, plan))

@@ -34,7 +34,7 @@ def _first_pass(db, settings, specs, ahead):
     plan = vplan.staging
     engine.begin(db, plan, kind="validate")
     try:
-        return db.run(lambda conn: digest_parity.first_pass(conn, plan, lambda: engine.scan(plan), 1, ahead=ahead),
+        return db.run(lambda conn: digest_parity.first_pass(conn, plan, lambda: engine.scan_stream(plan), 1, ahead=ahead),
                       snapshot=True)
     finally:
         db.run(lambda conn: validation._end_staging(conn, vplan))
