@@ -16,7 +16,7 @@ setup: $(STAMP)
 
 # Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set (containers, CI) every
 # process would otherwise compile its imports from source (great_expectations alone: ~10 s of CPU).
-$(STAMP): requirements.lock pyproject.toml cutover/_row_md5.c cutover/_record_index.c cutover/_record_pairs.c cutover/_copy_binary.c cutover/_arrow_columns.h cutover/_loader_values.h
+$(STAMP): requirements.lock pyproject.toml cutover/_row_md5.c cutover/_record_index.c cutover/_record_pairs.c cutover/_copy_binary.c cutover/_csv_fields.c cutover/_arrow_columns.h cutover/_loader_values.h
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) venv --quiet --allow-existing -p 3.11 $(VENV)
 	$(UV) pip install --quiet -p $(PY) --compile-bytecode -r requirements.lock

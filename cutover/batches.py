@@ -23,7 +23,7 @@ import polars as pl
 import psycopg
 from psycopg import errors as pgerr
 
-from cutover import csvscan, merge
+from cutover import csv_fields, csvscan, merge
 from cutover.coerce import REJECT_SCHEMA, coerce
 from cutover.errors import ConcurrentChange, CutoverError, StructuralError
 from cutover.syncplan import SyncPlan, _as_source
@@ -104,16 +104,14 @@ def as_strings(plan: SyncPlan, header: csvscan.Header, buf: bytes, idx: csvscan.
          "reason": f"expected {ncols} fields, found {int(idx.fields[i])}", "key": None}
         for i in (counted & ~good).nonzero()[0]
     ], schema=_REJECT_ROW)
-    if good.all():
-        data = buf
-    else:  # drop blank and ragged records so that polars sees exactly the good ones
-        keep = good.nonzero()[0]
-        data = b"".join(buf[idx.starts[i]:idx.stops[i]] + (b"" if buf[idx.stops[i] - 1:idx.stops[i]] == b"\n"
-                                                            else b"\n") for i in keep)
     lines = pl.Series("_line", idx.lines[good], dtype=pl.Int64)
     if len(lines):
-        raw = pl.read_csv(io.BytesIO(data), has_header=False, new_columns=list(header.names),
-                          schema={n: pl.String for n in header.names}, quote_char='"')
+        # the C splitter reads the good records where they lie; polars, the bytes of exactly those records
+        raw = csv_fields.split(buf, idx.starts[good], idx.ends[good], list(header.names)) \
+            if csv_fields.available() else None
+        if raw is None:
+            raw = pl.read_csv(io.BytesIO(_records(buf, idx, good)), has_header=False, new_columns=list(header.names),
+                              schema={n: pl.String for n in header.names}, quote_char='"')
         if raw.height != len(lines):  # the scanner and polars must agree on record boundaries
             raise CutoverError(f"{plan.csv_path}: internal error: {raw.height} rows parsed, {len(lines)} expected"
                                f" in lines {int(lines[0])}..")
@@ -122,6 +120,14 @@ def as_strings(plan: SyncPlan, header: csvscan.Header, buf: bytes, idx: csvscan.
         raw = pl.DataFrame(schema={n: pl.String for n in plan.spec.column_names})
     plain = good.all() and not (idx.stops - idx.ends > 1).any()  # a CR LF ending: not a bare LF
     return RawBatch(raw, lines, ragged, int(counted.sum()), buf if plain else None, b"\x00" in buf)
+
+
+def _records(buf: bytes, idx: csvscan.RecordIndex, good: np.ndarray) -> bytes:
+    """The records ``good`` of ``buf``, each ending with a line feed: blank and ragged ones dropped."""
+    if good.all():
+        return buf
+    return b"".join(buf[idx.starts[i]:idx.stops[i]] + (b"" if buf[idx.stops[i] - 1:idx.stops[i]] == b"\n" else b"\n")
+                    for i in good.nonzero()[0])
 
 
 def type_rows(plan: SyncPlan, raw: pl.DataFrame, lines: pl.Series, ragged: pl.DataFrame, *, nul: bool = True,
