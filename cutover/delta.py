@@ -510,7 +510,10 @@ def _merge(conn: psycopg.Connection, plan: SyncPlan, fscan: csvscan.FileScan, cu
     conn.execute(merge.keep_newer_writes(spec, stg), params)
     deleted = conn.execute(merge.delete_gone(spec, stg), params).rowcount
     commit.refuse_mass_delete(plan, deleted, baseline_rows)  # raising undoes the delete with the rest
-    updated = conn.execute(merge.update_changed(spec, stg, in_key_order=True)).rowcount
-    inserted = conn.execute(merge.insert_new(spec, stg, in_key_order=True)).rowcount
+    if conn.info.server_version >= merge.MERGE_RETURNING:
+        updated, inserted = conn.execute(merge.upsert_changed(spec, stg)).fetchone()
+    else:
+        updated = conn.execute(merge.update_changed(spec, stg, in_key_order=True)).rowcount
+        inserted = conn.execute(merge.insert_new(spec, stg, in_key_order=True)).rowcount
     return commit.finish(conn, plan, fscan, current, started, read=read, loaded=loaded, rejected=rejected,
                        inserted=inserted, updated=updated, deleted=deleted, method="diff")
