@@ -50,11 +50,10 @@ class Layout:
     scales: tuple[int, ...]
 
     @classmethod
-    def of(cls, spec: TableSpec, *, line: bool = False) -> Layout:
-        """The table's columns in spec order, then a ``_line`` (int8) if ``line``."""
-        kinds = tuple(KINDS[c.type] for c in spec.columns) + ((INT8,) if line else ())
-        scales = tuple(c.scale or 0 for c in spec.columns) + ((0,) if line else ())
-        return cls(kinds, scales)
+    def of(cls, spec: TableSpec) -> Layout:
+        """The table's columns in spec order (``INT8``, an int64 column's kind, is for a staging table's
+        ``_line``)."""
+        return cls(tuple(KINDS[c.type] for c in spec.columns), tuple(c.scale or 0 for c in spec.columns))
 
 
 def kernel_file() -> Path | None:

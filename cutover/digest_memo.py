@@ -55,19 +55,19 @@ def rules(spec: TableSpec) -> str:
     import polars
     import polars_hash
 
-    from cutover import (batches, coerce, csvscan, digest_parity, digests, fast_timestamps, record_index, row_md5,
-                         table_digests)
+    from cutover import (batches, coerce, csv_fields, csvscan, digest_parity, digests, fast_timestamps, record_index,
+                         row_md5, table_digests)
 
     digest = hashlib.sha256()
     for part in (repr(dataclasses.replace(spec, source=None)), polars.__version__,
                  getattr(polars_hash, "__version__", "?")):
         digest.update(part.encode() + b"\x00")
     try:
-        for module in (csvscan, record_index, batches, coerce, fast_timestamps, digests, table_digests, digest_parity,
-                       row_md5):
+        for module in (csvscan, record_index, csv_fields, batches, coerce, fast_timestamps, digests, table_digests,
+                       digest_parity, row_md5):
             digest.update(Path(module.__file__).read_bytes() + b"\x00")
         # the C kernels as built, if they were (by contract they give numpy's and polars' results)
-        for kernel in (record_index.kernel_file(), row_md5.kernel_file()):
+        for kernel in (record_index.kernel_file(), csv_fields.kernel_file(), row_md5.kernel_file()):
             digest.update(kernel.read_bytes() if kernel else b"no kernel")
     except (OSError, TypeError):  # no readable source: rules that no kept sums can match
         return f"unknown-{uuid.uuid4().hex}"

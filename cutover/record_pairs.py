@@ -5,7 +5,7 @@ Contract: ``pair(base, new)`` takes a part's baseline records and its new file's
 pair is a baseline and a new record with both hashes equal; or None when two baseline records are
 equal or one equals two new records, as ``cutover.record_match.match_part`` defines. A hash table where
 numpy sorts both sides: ~1–2 ms for a part of 55,000 records a side, against ~14 for the sort.
-``tests/test_delta.py`` holds the two ways equal. Where the kernel was not built, ``available()`` is
+``tests/test_record_pairs.py`` holds the two ways equal. Where the kernel was not built, ``available()`` is
 False and record_match keeps numpy.
 
 Concurrency: no state; ctypes releases Python's lock around each call, so parts are paired in parallel.

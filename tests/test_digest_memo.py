@@ -97,8 +97,8 @@ def test_the_rules_name_the_spec(specs):
     assert digest_memo.rules(spec) != digest_memo.rules(other)
 
 
-@pytest.mark.parametrize("module", ["csvscan", "record_index", "batches", "coerce", "fast_timestamps", "digests",
-                                    "table_digests", "digest_parity", "row_md5"])
+@pytest.mark.parametrize("module", ["csvscan", "record_index", "csv_fields", "batches", "coerce", "fast_timestamps",
+                                    "digests", "table_digests", "digest_parity", "row_md5"])
 def test_the_rules_name_each_module_the_sums_run_through(specs, tmp_path, monkeypatch, module):
     """A change to the code that reads, types or digests a CSV changes the rules: sums kept under the
     old code are not recalled."""
@@ -112,7 +112,7 @@ def test_the_rules_name_each_module_the_sums_run_through(specs, tmp_path, monkey
     assert digest_memo.rules.__wrapped__(specs["leads"]) != before
 
 
-@pytest.mark.parametrize("module", ["record_index", "row_md5"])
+@pytest.mark.parametrize("module", ["record_index", "csv_fields", "row_md5"])
 def test_the_rules_name_the_built_kernel(specs, tmp_path, monkeypatch, module):
     """Sums kept under one build of a C kernel are not recalled under another, nor without it."""
     import importlib
