@@ -21,7 +21,6 @@ import mmap
 import sys
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -56,21 +55,11 @@ class Layout:
         return cls(tuple(KINDS[c.type] for c in spec.columns), tuple(c.scale or 0 for c in spec.columns))
 
 
-def kernel_file() -> Path | None:
-    return kernels.built("_copy_binary")
-
-
 @cache
 def _kernel() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
-    built = kernel_file()
-    if built is None:
-        return None
-    fn = ctypes.CDLL(str(built)).copy_binary
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-    fn.restype, fn.argtypes = i64, [i64, i32, ptr, ptr, ptr, ptr, i64, ptr]
-    capsule = ctypes.pythonapi.PyCapsule_GetPointer
-    capsule.restype, capsule.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    return fn, capsule
+    fn = kernels.function("_copy_binary", "copy_binary", i64, (i64, i32, ptr, ptr, ptr, ptr, i64, ptr))
+    return None if fn is None else (fn, kernels.capsule_pointer())
 
 
 def available() -> bool:

@@ -43,20 +43,15 @@ class _Exported:
 
 
 def kernel_file() -> Path | None:
+    """The built splitter's file, if it was built (``cutover.digest_memo`` names it in its rules)."""
     return kernels.built("_csv_fields")
 
 
 @cache
 def _kernel() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
-    built = kernel_file()
-    if built is None:
-        return None
-    fn = ctypes.CDLL(str(built)).split_fields
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-    fn.restype, fn.argtypes = i64, [ptr, i64, ptr, ptr, i64, i32, ptr]
-    capsule = ctypes.pythonapi.PyCapsule_New
-    capsule.restype, capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-    return fn, capsule
+    fn = kernels.function("_csv_fields", "split_fields", i64, (ptr, i64, ptr, ptr, i64, i32, ptr))
+    return None if fn is None else (fn, kernels.new_capsule())
 
 
 def available() -> bool:

@@ -32,15 +32,10 @@ def kernel_file() -> Path | None:
 
 @cache
 def _kernel() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
-    built = kernel_file()
-    if built is None:
-        return None
-    library = ctypes.CDLL(str(built))
-    count, index = library.count_line_feeds, library.index_records
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    count.restype, count.argtypes = i64, [ptr, i64]
-    index.restype, index.argtypes = i64, [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
-    return count, index
+    count = kernels.function("_record_index", "count_line_feeds", i64, (ptr, i64))
+    index = kernels.function("_record_index", "index_records", i64, (ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr))
+    return None if count is None or index is None else (count, index)
 
 
 def available() -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import sys
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 
@@ -25,19 +24,10 @@ from cutover import kernels
 SEEN_TWICE, NO_MEMORY = -1, -2
 
 
-def kernel_file() -> Path | None:
-    return kernels.built("_record_pairs")
-
-
 @cache
 def _kernel() -> ctypes._CFuncPtr | None:
-    built = kernel_file()
-    if built is None:
-        return None
-    fn = ctypes.CDLL(str(built)).pair_records
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.restype, fn.argtypes = i64, [ptr, ptr, i64, i64, ptr, ptr, i64, i64, ptr, ptr]
-    return fn
+    return kernels.function("_record_pairs", "pair_records", i64, (ptr, ptr, i64, i64, ptr, ptr, i64, i64, ptr, ptr))
 
 
 def available() -> bool:

@@ -90,16 +90,11 @@ def kernel_file() -> Path | None:
 
 @cache
 def _kernel() -> tuple[ctypes._CFuncPtr, int, ctypes._CFuncPtr] | None:
-    built, md5 = kernel_file(), _md5_address()
-    if built is None or md5 is None:
-        return None
-    fn = ctypes.CDLL(str(built)).row_md5
-    fn.restype = ctypes.c_int64
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [i64, i32, ptr, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr]
-    capsule = ctypes.pythonapi.PyCapsule_GetPointer
-    capsule.restype, capsule.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    return fn, md5, capsule
+    fn = kernels.function("_row_md5", "row_md5", i64,
+                          (i64, i32, ptr, ptr, ptr, ptr, i32, i32, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr))
+    md5 = _md5_address()
+    return None if fn is None or md5 is None else (fn, md5, kernels.capsule_pointer())
 
 
 def available() -> bool:
