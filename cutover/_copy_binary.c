@@ -73,7 +73,8 @@ static int64_t numeric_binary(const unsigned char *p, int64_t n, int32_t scale, 
         int v = 0;
         for (int64_t k = 4 * g; k < 4 * g + 4; k++) {
             int64_t w = k - pad, f = k - 4 * whole_groups;
-            int c = g < whole_groups ? (w >= 0 ? d.whole[w] - '0' : 0) : (f < scale && f < d.frac_len ? d.frac[f] - '0' : 0);
+            int c = g < whole_groups ? (w >= 0 ? d.whole[w] - '0' : 0)
+                                     : (f < scale && f < d.frac_len ? d.frac[f] - '0' : 0);
             v = v * 10 + c;
         }
         digit[g] = (int16_t)v;

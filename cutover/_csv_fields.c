@@ -125,6 +125,8 @@ static void release_stream(struct ArrowArrayStream *stream) {
     stream->release = NULL;
 }
 
+static inline void mark_valid(uint8_t *validity, int64_t i) { validity[i >> 3] |= (uint8_t)(1 << (i & 7)); }
+
 /* A view of the value at buffer[offset..offset + n), whose bytes are p. */
 static inline void write_view(uint8_t *view, const unsigned char *p, int32_t n, int32_t buffer, int32_t offset) {
     memset(view, 0, 16);
@@ -190,15 +192,17 @@ int64_t split_fields(const unsigned char *bytes, int64_t n_bytes, const int64_t 
                     buffer = 1;
                     used += n;
                 }
-                d->validity[(size_t)c * (size_t)(validity_bytes + 1) + (size_t)(i >> 3)] |= (uint8_t)(1 << (i & 7));
+                mark_valid(d->validity + (size_t)c * (size_t)(validity_bytes + 1), i);
             } else { /* as it is, up to the next comma; NULL when empty */
                 const unsigned char *q = p; /* a byte loop: most fields are short, and memchr's call costs more */
                 while (q < end && *q != ',') q++;
                 after = q; /* in the last field, a comma is one field too many */
                 value = p;
                 n = (int32_t)(after - p);
-                if (n > 0) d->validity[(size_t)c * (size_t)(validity_bytes + 1) + (size_t)(i >> 3)] |= (uint8_t)(1 << (i & 7));
-                else nulls[c]++;
+                if (n > 0)
+                    mark_valid(d->validity + (size_t)c * (size_t)(validity_bytes + 1), i);
+                else
+                    nulls[c]++;
             }
             if (c + 1 < n_columns ? (after >= end || *after != ',') : after != end) { free(nulls); goto bad_shape; }
             write_view(view, value, n, buffer, (int32_t)(value - (buffer ? d->unescaped : text)));

@@ -133,8 +133,9 @@ def first_pass(conn: psycopg.Connection, plan: SyncPlan, scan: Callable[[], csvs
     The table is summed whole from the start, while ``scan`` gives the file's scan; the CSV is read once
     ``csv_after`` returns (a caller busy with Python-bound work — an import — lets the database work alone
     first), its batches summed as the scan finds them. The CSV is not read when its sums are kept
-    (``kept_sums``): where they may be, the whole file is scanned first, for its SHA-256 names them. One server process sums the table beside the CSV's read: parallel workers would
-    take the cores from it (at 1M rows, 0.5 s slower in all); all of them, when it may not be read.
+    (``kept_sums``): where they may be, the whole file is scanned first, for its SHA-256 names them. One
+    server process sums the table beside the CSV's read: parallel workers would take the cores from it (at
+    1M rows, 0.5 s slower in all); all of them, when it may not be read.
     ``ahead``: the table's totals were started before (``cutover.totals_ahead``); they are used if they
     agree with the CSV's — the CSV then equals the table as of their snapshot. Otherwise the table is
     summed bucket by bucket in ``conn``'s transaction, the one that compares.
